@@ -1,0 +1,12 @@
+"""Algorithms as pure tensor functions: no I/O, no model, checked by hand in tests."""
+from .grpo import (
+    LOSSES,
+    LossInputs,
+    group_advantages,
+    kl_penalty,
+    policy_loss,
+    register_loss,
+)
+
+__all__ = ["LOSSES", "LossInputs", "group_advantages", "kl_penalty", "policy_loss",
+           "register_loss"]

@@ -1,0 +1,175 @@
+"""GRPO and its variants (Dr. GRPO, DAPO, GSPO) as tensor functions.
+
+Shapes: B sequences (prompt groups laid out contiguously, G per group), T completion
+positions. `mask` [B,T] is 1 on trained completion tokens (never prompt or hint tokens).
+
+The variants differ in three places, each a parameter here rather than a subclass:
+  * advantage scaling: (R - mean) / std per group (GRPO), per batch, or none (Dr. GRPO);
+  * importance ratio: per token (GRPO, DAPO) or per sequence, exp(mean_t log r) (GSPO);
+  * aggregation of token terms: per-sequence mean then mean (grpo), token mean over the
+    micro-batch (bnpo), token mean over the whole step's batch (dapo), token sum divided by
+    B * max_completion_length (dr_grpo), per-sequence term then mean (gspo).
+With gradient accumulation each micro-batch's loss is divided by the normaliser of the
+whole step, so summed micro-batch gradients equal the gradient of the full batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group",
+                     eps: float = 1e-4) -> torch.Tensor:
+    """A_i = R_i - mean(group), divided by the group std, the batch std, or nothing.
+
+    rewards [B] with B = groups * group_size, groups contiguous. std is the unbiased one
+    (as TRL); a group whose rewards are all equal gets advantage 0 and no gradient.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.view(-1, group_size).float()
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale == "group":
+        adv = adv / (r.std(dim=1, keepdim=True) + eps)
+    elif scale == "batch":
+        adv = adv / (rewards.float().std() + eps)
+    elif scale != "none":
+        raise ValueError(f"algo.scale_rewards: {scale!r}; expected group, batch or none")
+    return adv.reshape(-1)
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1, k2, k3)."""
+    log_ratio = ref_logp - logp  # log(pi_ref / pi)
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.exp(log_ratio) - log_ratio - 1
+    raise ValueError(f"algo.kl_estimator: {estimator!r}; expected k1, k2 or k3")
+
+
+@dataclass
+class LossInputs:
+    """Everything a policy loss sees for one micro-batch.
+
+    logp, old_logp, mask: [B,T]; ref_logp: [B,T] or None; advantages: [B].
+    num_sequences / num_tokens: totals over the whole optimizer step (all micro-batches),
+    used as normalisers; num_micro_batches for bnpo's per-micro-batch mean.
+    """
+
+    logp: torch.Tensor
+    old_logp: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+    ref_logp: torch.Tensor | None = None
+    num_sequences: int = 0
+    num_tokens: int = 0
+    num_micro_batches: int = 1
+    max_completion_length: int = 0
+
+
+LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
+LOSSES: dict[str, LossFn] = {}
+
+
+def register_loss(name: str):
+    """Add a policy loss: `fn(x: LossInputs, cfg) -> (loss, metrics)`."""
+
+    def deco(fn: LossFn) -> LossFn:
+        LOSSES[name] = fn
+        return fn
+
+    return deco
+
+
+def _clipped_terms(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float):
+    """-min(r A, clip(r, 1-eps_low, 1+eps_high) A) and masks of where clipping bound."""
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
+    loss = -torch.minimum(unclipped, clipped)
+    low = (ratio < 1 - eps_low) & (adv < 0)
+    high = (ratio > 1 + eps_high) & (adv > 0)
+    return loss, low, high
+
+
+def _metrics(x: LossInputs, ratio, low, high, kl) -> dict[str, float]:
+    m = x.mask.bool()
+    if ratio.dim() == 1:  # sequence-level ratio
+        m_seq = m.any(-1)
+        n = m_seq.sum().clamp(min=1)
+        out = {"clip_low": (low & m_seq).sum() / n, "clip_high": (high & m_seq).sum() / n,
+               "ratio": (ratio * m_seq).sum() / n}
+    else:
+        n = m.sum().clamp(min=1)
+        out = {"clip_low": (low & m).sum() / n, "clip_high": (high & m).sum() / n,
+               "ratio": (ratio * m).sum() / n}
+    if kl is not None:
+        out["kl"] = (kl * x.mask).sum() / x.mask.sum().clamp(min=1)
+    return {k: float(v) for k, v in out.items()}
+
+
+def _token_loss(x: LossInputs, cfg):
+    """Per-token clipped surrogate (+ beta * KL): [B,T], plus metrics."""
+    ratio = torch.exp(x.logp - x.old_logp)
+    eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
+    per_tok, low, high = _clipped_terms(ratio, x.advantages[:, None], cfg.epsilon, eps_high)
+    kl = None
+    if cfg.beta > 0 and x.ref_logp is not None:
+        kl = kl_penalty(x.logp, x.ref_logp, cfg.kl_estimator)
+        per_tok = per_tok + cfg.beta * kl
+    return per_tok, _metrics(x, ratio.detach(), low, high, None if kl is None else kl.detach())
+
+
+@register_loss("grpo")
+def grpo_loss(x: LossInputs, cfg):
+    per_tok, m = _token_loss(x, cfg)
+    seq = (per_tok * x.mask).sum(-1) / x.mask.sum(-1).clamp(min=1)
+    return seq.sum() / x.num_sequences, m
+
+
+@register_loss("bnpo")
+def bnpo_loss(x: LossInputs, cfg):
+    per_tok, m = _token_loss(x, cfg)
+    return (per_tok * x.mask).sum() / x.mask.sum().clamp(min=1) / x.num_micro_batches, m
+
+
+@register_loss("dapo")
+def dapo_loss(x: LossInputs, cfg):
+    per_tok, m = _token_loss(x, cfg)
+    return (per_tok * x.mask).sum() / max(x.num_tokens, 1), m
+
+
+@register_loss("dr_grpo")
+def dr_grpo_loss(x: LossInputs, cfg):
+    per_tok, m = _token_loss(x, cfg)
+    return (per_tok * x.mask).sum() / (x.num_sequences * x.max_completion_length), m
+
+
+@register_loss("gspo")
+def gspo_loss(x: LossInputs, cfg):
+    """Sequence ratio s = exp(mean_t log(pi/pi_old)), clipped per sequence (GSPO)."""
+    n_tok = x.mask.sum(-1).clamp(min=1)
+    log_s = ((x.logp - x.old_logp) * x.mask).sum(-1) / n_tok
+    ratio = torch.exp(log_s)
+    eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
+    seq, low, high = _clipped_terms(ratio, x.advantages, cfg.epsilon, eps_high)
+    kl = None
+    if cfg.beta > 0 and x.ref_logp is not None:
+        kl = kl_penalty(x.logp, x.ref_logp, cfg.kl_estimator)
+        seq = seq + cfg.beta * (kl * x.mask).sum(-1) / n_tok
+    return seq.sum() / x.num_sequences, _metrics(
+        x, ratio.detach(), low, high, None if kl is None else kl.detach())
+
+
+def policy_loss(x: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, float]]:
+    """Dispatch on cfg.loss_type through the registry."""
+    try:
+        fn = LOSSES[cfg.loss_type]
+    except KeyError:
+        raise ValueError(
+            f"algo.loss_type: {cfg.loss_type!r}; expected one of {sorted(LOSSES)}") from None
+    return fn(x, cfg)

@@ -1,0 +1,295 @@
+"""Typed recipe schema: a recipe YAML is the whole record of an experiment.
+
+Every knob is a pydantic field with a default and a one-line description, so the schema is
+also the reference documentation (`rlreason config-reference` prints it). Unknown keys are
+rejected with the nearest valid names, because a silently ignored typo (`algo.bta`) wastes
+a GPU-day. Names follow TRL's GRPOConfig where one exists.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message names the field to fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Section):
+    enabled: bool = Field(False, description="Train LoRA adapters (peft) instead of full weights.")
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear'."
+    )
+
+
+class TinyModelConfig(_Section):
+    """A small Llama built locally from a config: the no-download default."""
+
+    num_layers: int = Field(3, gt=0, description="Transformer layers.")
+    hidden_size: int = Field(128, gt=0, description="Hidden size.")
+    intermediate_size: int = Field(384, gt=0, description="MLP inner size.")
+    num_heads: int = Field(4, gt=0, description="Attention heads.")
+    warmstart_steps: int = Field(
+        450, ge=0, description="Supervised steps on the synthetic task before RL (cached)."
+    )
+    warmstart_batch_size: int = Field(64, gt=0, description="Sequences per warm-start step.")
+    warmstart_lr: float = Field(1e-3, gt=0, description="Warm-start learning rate.")
+    seed: int = Field(0, description="Seed of the initialisation and the warm-start data.")
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "tiny",
+        description="Hub id or local folder for from_pretrained; 'tiny' builds a small local "
+        "Llama warm-started on the synthetic task.",
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer id/path (default: the model's).")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="Parameter dtype of the policy."
+    )
+    attn_implementation: str | None = Field(
+        None, description="transformers attn_implementation (e.g. sdpa, flash_attention_2)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+
+class SyntheticConfig(_Section):
+    task: Literal["addition"] = Field("addition", description="Synthetic task family.")
+    difficulty: int = Field(2, ge=1, le=12, description="Difficulty level (digits per operand).")
+    min_difficulty: int | None = Field(
+        None, ge=1, description="If set, mix levels min_difficulty..difficulty uniformly."
+    )
+    num_train: int = Field(2000, gt=0, description="Training problems generated.")
+    num_eval: int = Field(128, ge=0, description="Held-out problems generated.")
+    seed: int = Field(1234, description="Seed of the generated problems.")
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        "synthetic",
+        description="'synthetic', a local .jsonl/.parquet file, or a hub dataset id.",
+    )
+    split: str = Field("train", description="Split of a hub dataset.")
+    eval_source: str | None = Field(
+        None, description="Held-out file/hub id; default: synthetic held-out or eval_fraction."
+    )
+    eval_split: str = Field("test", description="Split of the held-out hub dataset.")
+    eval_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of the training rows held out when no eval_source."
+    )
+    limit: int | None = Field(None, gt=0, description="Keep only the first N training rows.")
+    id_key: str | None = Field(None, description="Row field holding a unique id.")
+    prompt_key: str = Field("prompt", description="Row field holding the problem text.")
+    messages_key: str | None = Field(None, description="Row field holding a chat message list.")
+    answer_key: str = Field("answer", description="Row field holding the reference answer.")
+    solution_key: str | None = Field(None, description="Row field holding an oracle solution.")
+    answer_extractor: Literal["none", "gsm8k", "boxed"] = Field(
+        "none", description="How to turn the answer field into the final answer."
+    )
+    template: Literal["auto", "chat", "plain"] = Field(
+        "auto", description="Prompt building: tokenizer chat template, plain format, or auto."
+    )
+    plain_template: str = Field("{prompt}", description="Format string for template=plain.")
+    system_prompt: str | None = Field(None, description="System message for chat templates.")
+    max_prompt_length: int = Field(512, gt=0, description="Prompts longer than this are dropped.")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class RewardSpec(_Section):
+    name: str = Field(..., description="Registered reward name or 'module:function'.")
+    weight: float = Field(1.0, description="Weight in the summed reward.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-sample time bound.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments.")
+
+
+class RolloutConfig(_Section):
+    backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_completion_length: int = Field(64, gt=0, description="Maximum new tokens per completion.")
+    batch_size: int = Field(256, gt=0, description="Sequences decoded together by the hf backend.")
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="GPU memory fraction for a colocated vLLM engine."
+    )
+
+
+class AlgoConfig(_Section):
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = Field(
+        "dapo", description="Policy loss: how token terms are aggregated (and GSPO's ratio)."
+    )
+    num_generations: int = Field(8, ge=2, description="Completions per prompt (group size).")
+    beta: float = Field(0.0, ge=0, description="KL weight; 0 loads no reference model.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator.")
+    epsilon: float = Field(0.2, gt=0, description="Lower clip range of the ratio.")
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip (default: epsilon).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the group std, the batch std, or not at all."
+    )
+    num_iterations: int = Field(1, ge=1, description="Optimisation passes per batch (mu).")
+    mask_truncated_completions: bool = Field(
+        False, description="Exclude completions that hit max_completion_length from the loss."
+    )
+
+
+class EvalConfig(_Section):
+    every_steps: int = Field(0, ge=0, description="Evaluate every N steps (0: only at start/end).")
+    num_problems: int = Field(128, ge=0, description="Held-out problems per evaluation.")
+    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding.")
+    max_new_tokens: int | None = Field(None, gt=0, description="Default: max_completion_length.")
+
+
+class TrainConfig(_Section):
+    output_dir: str = Field("runs/quickstart", description="Where metrics and checkpoints go.")
+    max_steps: int = Field(100, gt=0, description="Optimizer steps.")
+    prompts_per_step: int = Field(16, gt=0, description="Prompts per step (global batch).")
+    micro_batch_size: int = Field(32, gt=0, description="Sequences per forward/backward.")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Schedule after warmup."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_beta1: float = Field(0.9, description="AdamW beta1.")
+    adam_beta2: float = Field(0.99, description="AdamW beta2.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(0, description="Seeds data order, sampling and initialisation.")
+    save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    resume_from: str | None = Field(
+        None, description="'latest' or a checkpoint folder to continue from."
+    )
+    log_every: int = Field(1, ge=1, description="Progress line every N steps when not a TTY.")
+    plot: bool = Field(True, description="Write reward_curve.png at the end.")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's).")
+
+
+class RecipeConfig(_Section):
+    """A whole experiment."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="math")], description="Summed rewards."
+    )
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _section_fields(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
+    """Valid key names at `path` (for suggestions)."""
+    cls: Any = model
+    for part in path:
+        field = cls.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        cls = ann
+    return list(cls.model_fields)
+
+
+def _explain(err: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        dotted = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            valid = _section_fields(RecipeConfig, loc[:-1])
+            near = difflib.get_close_matches(loc[-1], valid, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            where = ".".join(loc[:-1]) or "top level"
+            lines.append(
+                f"unknown key '{dotted}'{hint} (valid keys in {where}: {', '.join(valid)})"
+            )
+        else:
+            got = e.get("input")
+            lines.append(f"'{dotted}': {e['msg']} (got {got!r})")
+    return ConfigError(f"{source}: invalid recipe\n  " + "\n  ".join(lines))
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. algo.beta=0.04")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: '{p}' is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RecipeConfig:
+    """Read a recipe YAML (or the defaults when `path` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"recipe file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+        data = loaded
+    apply_overrides(data, list(overrides or []))
+    try:
+        return RecipeConfig.model_validate(data)
+    except ValidationError as e:
+        raise _explain(e, source) from None
+
+
+def dump_config(cfg: BaseModel, path: str | Path) -> None:
+    """Write the resolved recipe (every value, defaults included)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def reference(model: type[BaseModel] = RecipeConfig, prefix: str = "") -> list[str]:
+    """Markdown lines documenting every field: key, type, default, description."""
+    out: list[str] = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        key = f"{prefix}{name}"
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(reference(ann, key + "."))
+            continue
+        default = f.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump()
+        elif isinstance(default, list) and default and isinstance(default[0], BaseModel):
+            default = [d.model_dump(exclude_defaults=True) for d in default]
+        tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        out.append(f"| `{key}` | {tname} | `{default!r}` | {f.description or ''} |")
+    return out

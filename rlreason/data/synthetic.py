@@ -1,0 +1,82 @@
+"""Synthetic reasoning tasks with exact oracle solutions and a difficulty knob.
+
+Addition, with the sum written least-significant digit first ("47+85=" -> "231"). The
+format is chosen deliberately: a model writing digits in the order the carry propagates
+computes each digit from the two operand digits and the previous carry, so a tiny model
+warm-started for a minute gets a non-trivial, non-saturated success rate and GRPO has
+signal. Written in the usual order, the first digit depends on every carry, the tiny
+model stays near 5% after SFT, and RL barely moves it (measured; see README).
+
+Difficulty = digits per operand. Hard levels (more digits than the warm-start saw) are
+problems the policy never solves, which is what guided exploration (POPE) needs; every
+digit of the oracle solution is exact, so a prefix of it is a valid hint.
+"""
+from __future__ import annotations
+
+import random
+
+from ..types import Problem
+
+
+def addition_answer(a: int, b: int) -> str:
+    """The sum written least-significant digit first."""
+    return str(a + b)[::-1]
+
+
+def make_addition(rng: random.Random, digits: int, index: int, prefix: str) -> Problem:
+    lo = 0 if digits == 1 else 10 ** (digits - 1)
+    a, b = rng.randint(lo, 10**digits - 1), rng.randint(lo, 10**digits - 1)
+    answer = addition_answer(a, b)
+    return Problem(
+        id=f"{prefix}-{index}",
+        prompt=f"{a}+{b}=",
+        answer=answer,
+        solution=answer,
+        metadata={"level": digits, "a": a, "b": b},
+    )
+
+
+def synthetic_problems(
+    task: str,
+    num: int,
+    difficulty: int,
+    seed: int,
+    *,
+    min_difficulty: int | None = None,
+    split: str = "train",
+    exclude: set[str] | None = None,
+) -> list[Problem]:
+    """`num` distinct problems; `exclude` holds prompts that must not appear (held-out)."""
+    if task != "addition":
+        raise ValueError(f"data.synthetic.task: unknown task {task!r}; expected 'addition'")
+    rng = random.Random(f"{task}-{split}-{seed}")
+    levels = list(range(min_difficulty or difficulty, difficulty + 1))
+    seen = set(exclude or ())
+    out: list[Problem] = []
+    tries = 0
+    while len(out) < num:
+        tries += 1
+        if tries > 50 * num + 1000:
+            raise ValueError(
+                f"data.synthetic: cannot draw {num} distinct problems at difficulty "
+                f"{levels}; lower num_train/num_eval or raise difficulty"
+            )
+        p = make_addition(rng, rng.choice(levels), len(out), f"{task}-{split}")
+        if p.prompt in seen:
+            continue
+        seen.add(p.prompt)  # type: ignore[arg-type]
+        out.append(p)
+    return out
+
+
+def synthetic_splits(cfg) -> tuple[list[Problem], list[Problem]]:
+    """(train, held-out) for a `SyntheticConfig`; held-out prompts never occur in train."""
+    held = synthetic_problems(
+        cfg.task, cfg.num_eval, cfg.difficulty, cfg.seed,
+        min_difficulty=cfg.min_difficulty, split="eval",
+    )
+    train = synthetic_problems(
+        cfg.task, cfg.num_train, cfg.difficulty, cfg.seed,
+        min_difficulty=cfg.min_difficulty, split="train", exclude={p.prompt for p in held},
+    )
+    return train, held

@@ -1,0 +1,179 @@
+"""Load the policy, the reference model and the tokenizer; build the tiny local model.
+
+Real models load with `from_pretrained` (hub id or local folder). The name `tiny` builds a
+small Llama from a config with a character tokenizer made locally and warm-starts it with
+a short supervised pass on the synthetic task, so the quickstart and the tests need no
+download and GRPO starts from a non-zero reward. The warm-started model is cached on disk
+(keyed by everything that shapes it) and reloaded with from_pretrained, exactly as a user
+model would be.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import string
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig, SyntheticConfig
+
+TINY_FORMAT_VERSION = 1  # bump when the tiny model or its warm-start changes meaning
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def char_tokenizer():
+    """A character-level tokenizer over printable ASCII, built without any download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for c in string.printable:
+        if c not in "\r\x0b\x0c":
+            vocab.setdefault(c, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def tiny_llama(tokenizer, num_layers: int, hidden_size: int, intermediate_size: int,
+               num_heads: int, seed: int, max_positions: int = 512):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads,
+        num_key_value_heads=num_heads, max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RLREASON_CACHE", Path.home() / ".cache" / "rlreason"))
+
+
+def tiny_model_path(cfg: ModelConfig, synth: SyntheticConfig) -> Path:
+    """Cache folder of the warm-started tiny model: a hash of everything that shapes it."""
+    key = json.dumps(
+        {"v": TINY_FORMAT_VERSION, "tiny": cfg.tiny.model_dump(),
+         "task": synth.task, "difficulty": synth.difficulty,
+         "min_difficulty": synth.min_difficulty},
+        sort_keys=True,
+    )
+    return cache_root() / f"tiny-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def build_tiny_model(cfg: ModelConfig, synth: SyntheticConfig, path: Path, log=print) -> Path:
+    """Build, warm-start and save the tiny model at `path` (atomically); return `path`."""
+    from .data.synthetic import synthetic_problems
+    from .sft import supervised_warmstart
+
+    t = cfg.tiny
+    tok = char_tokenizer()
+    model = tiny_llama(tok, t.num_layers, t.hidden_size, t.intermediate_size, t.num_heads, t.seed)
+    if t.warmstart_steps:
+        pairs = [
+            (p.prompt, p.solution)
+            for p in synthetic_problems(
+                synth.task, max(4 * t.warmstart_batch_size, 4096), synth.difficulty,
+                seed=t.seed, min_difficulty=synth.min_difficulty, split="warmstart",
+            )
+        ]
+        log(f"warm-starting the tiny model: {t.warmstart_steps} supervised steps "
+            f"(cached in {path})")
+        supervised_warmstart(model, tok, pairs, steps=t.warmstart_steps,
+                             batch_size=t.warmstart_batch_size, lr=t.warmstart_lr, seed=t.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process won the race: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def resolve_model_path(cfg: ModelConfig, synth: SyntheticConfig, log=print) -> str:
+    """The path or hub id to load; builds the tiny model on first use."""
+    if cfg.name_or_path != "tiny":
+        return cfg.name_or_path
+    path = tiny_model_path(cfg, synth)
+    if not (path / "config.json").is_file():
+        build_tiny_model(cfg, synth, path, log=log)
+    return str(path)
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"model.tokenizer / model.name_or_path: cannot load a tokenizer from "
+            f"{name_or_path!r} ({e}); give a local folder or a hub id reachable from here"
+        ) from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name_or_path: str, cfg: ModelConfig):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {}
+    if cfg.dtype != "auto":
+        kwargs["dtype"] = _DTYPES[cfg.dtype]
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"model.name_or_path: cannot load {name_or_path!r} ({e}); give a local folder "
+            f"with config.json and weights, or a hub id reachable from here"
+        ) from e
+
+
+def apply_lora(model, cfg: ModelConfig):
+    """Wrap `model` with fresh peft LoRA adapters; only adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    lc = cfg.lora
+    peft_cfg = LoraConfig(
+        r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+        target_modules=lc.target_modules, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def load_policy(cfg: ModelConfig, synth: SyntheticConfig, log=print):
+    """(policy, tokenizer, resolved path). LoRA-wrapped when cfg.lora.enabled."""
+    path = resolve_model_path(cfg, synth, log=log)
+    tok = load_tokenizer(cfg.tokenizer or path)
+    model = load_causal_lm(path, cfg)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg)
+    return model, tok, path
+
+
+def load_reference(path: str, cfg: ModelConfig):
+    """A frozen copy of the starting policy (not needed for LoRA: disable the adapter)."""
+    ref = load_causal_lm(path, cfg)
+    ref.requires_grad_(False)
+    return ref.eval()

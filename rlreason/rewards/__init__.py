@@ -1,0 +1,43 @@
+"""Reward functions for RL fine-tuning: answer extraction, verification, and the registry.
+
+Importing this package registers the built-in rewards (``"math"``, ``"exact_match"``,
+``"format"``) so that `resolve_reward` and `RewardFunction` can find them by name.
+"""
+from __future__ import annotations
+
+from rlreason.rewards.basic import exact_match_reward, format_reward
+from rlreason.rewards.extract import extract_answer, extract_boxed, gsm8k_gold
+from rlreason.rewards.math import (
+    answers_equivalent,
+    gold_answer,
+    math_equal,
+    math_reward,
+    normalize_answer,
+)
+from rlreason.rewards.registry import (
+    RewardError,
+    RewardFunction,
+    compute_rewards,
+    register_reward,
+    registered_rewards,
+    resolve_reward,
+)
+
+__all__ = [
+    "RewardError",
+    "RewardFunction",
+    "answers_equivalent",
+    "compute_rewards",
+    "exact_match_reward",
+    "extract_answer",
+    "extract_boxed",
+    "format_reward",
+    "gold_answer",
+    "gsm8k_gold",
+    "math_equal",
+    "math_reward",
+    "normalize_answer",
+    "register_reward",
+    "registered_rewards",
+    "resolve_reward",
+]

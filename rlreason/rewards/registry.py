@@ -1,0 +1,238 @@
+"""Naming, loading and safely calling reward functions.
+
+A reward function is any ``fn(completion: str, problem: Problem, **kwargs) -> float``.
+Configs name rewards by string: a registered name (``"math"``) or an import path
+(``"my_pkg.rewards:score"``), so users add rewards without touching this package.
+
+`RewardFunction` is the guard between a (possibly buggy or slow) user function and the
+trainer. One bad sample must not silently corrupt a batch's advantages, so errors and
+non-numeric or non-finite returns raise `RewardError` naming the reward, the problem and
+the completion. Slowness, on the other hand, is a property of the sample (a pathological
+expression for SymPy), so a call that exceeds `timeout_s` scores 0.0, is counted in
+`timeouts`, and warns, and training goes on.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rlreason.types import Problem
+
+__all__ = [
+    "RewardError",
+    "RewardFunction",
+    "compute_rewards",
+    "register_reward",
+    "registered_rewards",
+    "resolve_reward",
+]
+
+RewardFn = Callable[..., Any]
+
+_REGISTRY: dict[str, RewardFn] = {}
+
+
+class RewardError(Exception):
+    """A reward could not be resolved, raised, or returned something that is not a score."""
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: make `fn` resolvable as `name`. Returns `fn` unchanged.
+
+    Registering a different function under a taken name raises, so two modules cannot
+    silently shadow each other; re-registering the same function (a module reload) is fine.
+    """
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing is not fn and (
+            getattr(existing, "__qualname__", None),
+            getattr(existing, "__module__", None),
+        ) != (getattr(fn, "__qualname__", None), getattr(fn, "__module__", None)):
+            raise RewardError(f"reward {name!r} is already registered to {existing!r}")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def registered_rewards() -> list[str]:
+    """The registered reward names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def resolve_reward(spec: str) -> RewardFn:
+    """The reward function for `spec`: a registered name or ``"package.module:function"``."""
+    if ":" not in spec:
+        try:
+            return _REGISTRY[spec]
+        except KeyError:
+            raise RewardError(
+                f"unknown reward {spec!r}; registered rewards: {', '.join(registered_rewards())}"
+                " (or give 'package.module:function')"
+            ) from None
+
+    module_name, _, attr = spec.partition(":")
+    hint = f"registered rewards: {', '.join(registered_rewards())}"
+    if not module_name or not attr:
+        raise RewardError(f"reward spec {spec!r} must look like 'package.module:function'; {hint}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RewardError(f"reward {spec!r}: cannot import module {module_name!r} ({exc}); {hint}") from exc
+    fn: Any = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise RewardError(f"reward {spec!r}: module {module_name!r} has no attribute {attr!r}; {hint}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise RewardError(f"reward {spec!r}: {attr!r} is not callable")
+    return fn
+
+
+class _Timeout(BaseException):
+    """Raised by our SIGALRM handler. A BaseException so that the reward's own
+    ``except Exception`` blocks (math-verify has several) cannot swallow it."""
+
+
+_TIMED_OUT = object()  # sentinel: the call ran past timeout_s
+
+
+class RewardFunction:
+    """A reward function with a name, fixed extra kwargs, validation and a time limit.
+
+    ``RewardFunction(fn_or_spec, name=None, timeout_s=10.0, kwargs={...})``; calling it as
+    ``rf(completion, problem)`` returns a float. The time limit uses SIGALRM via
+    ``setitimer`` in the main thread (the call is interrupted) and a daemon thread joined
+    with a timeout elsewhere (the call is abandoned, not killed: it keeps running in the
+    background, so rewards that must stop promptly should also bound themselves).
+    """
+
+    def __init__(
+        self,
+        fn: RewardFn | str,
+        name: str | None = None,
+        *,
+        timeout_s: float | None = 10.0,
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(fn, str):
+            name = name or fn
+            fn = resolve_reward(fn)
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", repr(fn))
+        self.timeout_s = timeout_s
+        self.kwargs = dict(kwargs or {})
+        self.timeouts = 0
+
+    def __repr__(self) -> str:
+        return f"RewardFunction({self.name!r}, timeout_s={self.timeout_s}, kwargs={self.kwargs})"
+
+    def _describe(self, problem: Problem, completion: str) -> str:
+        return f"reward {self.name!r} on problem {problem.id!r}, completion {completion[:200]!r}"
+
+    def __call__(self, completion: str, problem: Problem) -> float:
+        try:
+            value = self._call_bounded(completion, problem)
+        except Exception as exc:
+            raise RewardError(f"{self._describe(problem, completion)} raised {exc!r}") from exc
+        if value is _TIMED_OUT:
+            self.timeouts += 1
+            warnings.warn(
+                f"reward {self.name!r} timed out after {self.timeout_s}s on problem "
+                f"{problem.id!r}; scoring 0.0",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return 0.0
+        if isinstance(value, (str, bytes)):
+            raise RewardError(f"{self._describe(problem, completion)} returned non-numeric {value!r}")
+        try:
+            score = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise RewardError(
+                f"{self._describe(problem, completion)} returned non-numeric {value!r}"
+            ) from None
+        if not math.isfinite(score):
+            raise RewardError(f"{self._describe(problem, completion)} returned non-finite {score!r}")
+        return score
+
+    def _call_bounded(self, completion: str, problem: Problem) -> Any:
+        """Run the function under the time limit; `_TIMED_OUT` if it ran out."""
+        timeout = self.timeout_s
+        if timeout is None or timeout <= 0:
+            return self.fn(completion, problem, **self.kwargs)
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+            return self._call_with_alarm(completion, problem, timeout)
+        return self._call_in_thread(completion, problem, timeout)
+
+    def _call_with_alarm(self, completion: str, problem: Problem, timeout: float) -> Any:
+        def on_alarm(signum: int, frame: Any) -> None:
+            raise _Timeout
+
+        # Respect an outer deadline (a nested RewardFunction): never extend it, re-arm it after.
+        outer_remaining = signal.getitimer(signal.ITIMER_REAL)[0]
+        started = time.monotonic()
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, min(timeout, outer_remaining or timeout))
+            try:
+                return self.fn(completion, problem, **self.kwargs)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _Timeout:
+            return _TIMED_OUT
+        finally:
+            # getsignal() gives None for a handler not installed from Python; use the default.
+            signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+            if outer_remaining:
+                left = outer_remaining - (time.monotonic() - started)
+                signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3))
+
+    def _call_in_thread(self, completion: str, problem: Problem, timeout: float) -> Any:
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = self.fn(completion, problem, **self.kwargs)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=target, name=f"reward-{self.name}", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            return _TIMED_OUT
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+
+def compute_rewards(
+    completions: Sequence[str],
+    problems: Sequence[Problem],
+    rewards: Sequence[tuple[RewardFunction, float]],
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Score each (completion, problem) pair with every reward.
+
+    Returns ``(totals, raw)``: ``totals[i] = sum(weight * reward(completions[i], problems[i]))``
+    and ``raw[name]`` the unweighted scores of each reward, for logging.
+    """
+    if len(completions) != len(problems):
+        raise RewardError(f"{len(completions)} completions but {len(problems)} problems")
+    names = [rf.name for rf, _ in rewards]
+    if len(set(names)) != len(names):
+        raise RewardError(f"reward names must be unique, got {names}; pass name= to tell them apart")
+    totals = [0.0] * len(completions)
+    raw: dict[str, list[float]] = {}
+    for rf, weight in rewards:
+        scores = [rf(c, p) for c, p in zip(completions, problems)]
+        raw[rf.name] = scores
+        totals = [t + weight * s for t, s in zip(totals, scores)]
+    return totals, raw

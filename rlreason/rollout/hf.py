@@ -1,0 +1,145 @@
+"""Transformers rollout backend: a lean sampling loop over the model's KV cache.
+
+Why not `model.generate`: at the sizes that run on a CPU, per-token Python overhead
+dominates, and `generate` spends it on logits processors, stopping criteria and output
+bookkeeping we do not need. This loop does one forward per token on the whole batch,
+samples with a torch.Generator we own (so a checkpoint can save and restore it), records
+each sampled token's log-probability, and stops as soon as every row has finished.
+
+Colocated in-process: the engine holds the trainer's own module, so its weights are
+always the latest and `update_weights` is a copy only when a caller hands it others.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterable
+
+import torch
+
+from ..types import Completion, SamplingParams
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
+                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row. logits [B,V] -> (tokens [B], logprobs [B]).
+
+    The log-probability is under the tempered distribution before top-p filtering, which
+    is what the trainer recomputes (TRL and vLLM report the same quantity).
+    """
+    if temperature == 0:
+        return logits.argmax(-1), torch.zeros(logits.size(0), device=logits.device)
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    probs = logp.exp()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set with mass >= top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+@contextmanager
+def eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class HFEngine:
+    def __init__(self, model, tokenizer, *, batch_size: int = 256, seed: int = 0):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = sorted({i for i in eos + [tokenizer.eos_token_id] if i is not None})
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    # ------------------------------------------------------------ protocol
+    def generate(self, prompt_token_ids: list[list[int]], n: int,
+                 sampling: SamplingParams) -> list[list[Completion]]:
+        if sampling.seed is not None:
+            self.generator.manual_seed(sampling.seed)
+        flat = [list(p) for p in prompt_token_ids for _ in range(n)]
+        done: list[Completion] = []
+        with eval_mode(self.model), torch.inference_mode():
+            for i in range(0, len(flat), self.batch_size):
+                done.extend(self._decode(flat[i : i + self.batch_size], sampling))
+        return [done[i * n : (i + 1) * n] for i in range(len(prompt_token_ids))]
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                if name not in params:
+                    raise KeyError(f"update_weights: the engine's model has no parameter {name!r}")
+                params[name].copy_(tensor)
+
+    def load_adapter(self, adapter: Any) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if isinstance(adapter, str):
+            adapter = load_file(f"{adapter}/adapter_model.safetensors")
+        set_peft_model_state_dict(self.model, dict(adapter))
+
+    def sleep(self) -> None:  # nothing to free: the module is the trainer's own
+        pass
+
+    def wake(self) -> None:
+        pass
+
+    def rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+    # ------------------------------------------------------------ decoding
+    def _decode(self, prompts: list[list[int]], sp: SamplingParams) -> list[Completion]:
+        from transformers.cache_utils import DynamicCache
+
+        B, P, dev = len(prompts), max(len(p) for p in prompts), self.device
+        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, P), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every row's next token is column P
+            ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, P - len(p) :] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        stop = torch.tensor(self.eos_ids + list(sp.stop_token_ids), device=dev)
+        out_tok = torch.full((B, sp.max_tokens), self.pad_id, dtype=torch.long, device=dev)
+        out_lp = torch.zeros((B, sp.max_tokens), device=dev)
+        finished = torch.zeros(B, dtype=torch.bool, device=dev)
+        lengths = torch.zeros(B, dtype=torch.long, device=dev)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                         past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+        pos = pos[:, -1:]
+        for t in range(sp.max_tokens):
+            tok, lp = sample_tokens(out.logits[:, -1], sp.temperature, sp.top_p, self.generator)
+            tok = tok.masked_fill(finished, self.pad_id)
+            out_tok[:, t], out_lp[:, t] = tok, lp.masked_fill(finished, 0.0)
+            lengths += (~finished).long()
+            finished |= torch.isin(tok, stop)
+            if t + 1 == sp.max_tokens or bool(finished.all()):
+                break
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], dim=1)
+            pos = pos + 1
+            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos,
+                             past_key_values=out.past_key_values, use_cache=True)
+        toks, lps, lens = out_tok.tolist(), out_lp.tolist(), lengths.tolist()
+        stop_set = set(stop.tolist())
+        result = []
+        for i in range(B):
+            t_ids = toks[i][: lens[i]]
+            reason = "stop" if t_ids and t_ids[-1] in stop_set else "length"
+            result.append(Completion(prompt_token_ids=prompts[i], token_ids=t_ids,
+                                     logprobs=lps[i][: lens[i]], finish_reason=reason))
+        return result

@@ -1,0 +1,444 @@
+"""The RL loop: rollout -> reward -> advantage -> loss -> step -> sync, on accelerate.
+
+`rl_step` is the whole algorithm and reads top to bottom; each arrow of the picture in
+DESIGN.md is one call. Setup (`build_run`) and the outer loop (`train`) hold everything
+else: model loading, data, checkpoints, evaluation, metrics.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .algos import LossInputs, group_advantages, policy_loss
+from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .config import RecipeConfig, dump_config
+from .data.stream import ProblemStream
+from .logger import MetricsLogger, plot_rewards
+from .rewards import RewardFunction, compute_rewards
+from .rollout.engine import make_engine
+from .types import Completion, Problem, SamplingParams
+
+# ---------------------------------------------------------------- tensors of a batch
+
+
+@dataclass
+class Sequence:
+    """One prompt + sampled completion, as the trainer scores it."""
+
+    prompt: list[int]
+    completion: list[int]
+    advantage: float
+    truncated: bool
+    old_logp: torch.Tensor | None = None  # [T] when num_iterations > 1
+    ref_logp: torch.Tensor | None = None  # [T] when beta > 0
+
+
+def collate(seqs: list[Sequence], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Left-padded prompts, right-padded completions: completion tokens start at column P.
+
+    input_ids/attention_mask [B, P+T]; completion_mask [B, T]; P and T are this
+    micro-batch's maxima, so sorting sequences by length keeps padding small.
+    """
+    P = max(len(s.prompt) for s in seqs)
+    T = max(max(len(s.completion) for s in seqs), 1)
+    B = len(seqs)
+    ids = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + T), dtype=torch.long)
+    cmask = torch.zeros((B, T), dtype=torch.float32)
+    for i, s in enumerate(seqs):
+        p, c = len(s.prompt), len(s.completion)
+        ids[i, P - p : P] = torch.tensor(s.prompt, dtype=torch.long)
+        ids[i, P : P + c] = torch.tensor(s.completion, dtype=torch.long)
+        attn[i, P - p : P + c] = 1
+        cmask[i, :c] = 1.0
+    return {"input_ids": ids.to(device), "attention_mask": attn.to(device),
+            "completion_mask": cmask.to(device), "prompt_len": P}
+
+
+def completion_logprobs(model, batch: dict[str, Any], temperature: float,
+                        with_entropy: bool = False):
+    """log pi(token) of each completion token under logits / temperature: [B, T].
+
+    Only the last T+1 positions are projected to the vocabulary (`logits_to_keep`), which
+    matters for large vocabularies; log-softmax is computed as gather - logsumexp so no
+    [B, T, V] log-probability tensor is kept.
+    """
+    ids, attn, P = batch["input_ids"], batch["attention_mask"], batch["prompt_len"]
+    T = ids.size(1) - P
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
+                   logits_to_keep=T + 1, use_cache=False).logits[:, :-1]
+    logits = logits.float() / temperature  # [B, T, V]
+    lse = logits.logsumexp(-1)
+    logp = logits.gather(-1, ids[:, P:, None]).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, None
+    with torch.no_grad():
+        probs = torch.softmax(logits, -1)
+        entropy = lse - (probs * logits).sum(-1)
+    return logp, entropy
+
+
+def micro_batches(seqs: list[Sequence], size: int) -> list[list[Sequence]]:
+    """Split into micro-batches of similar length (less padding, less compute)."""
+    order = sorted(seqs, key=lambda s: len(s.prompt) + len(s.completion))
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    cfg: RecipeConfig
+    accelerator: Any
+    model: Any  # prepared (possibly wrapped) policy
+    tokenizer: Any
+    engine: Any
+    optimizer: Any
+    scheduler: Any
+    train_data: ProblemStream
+    eval_problems: list[Problem]
+    rewards: list[tuple[RewardFunction, float]]
+    ref_model: Any = None
+    encode: Callable[[Problem], list[int]] = None  # type: ignore[assignment]
+    logger: MetricsLogger | None = None
+    step: int = 0
+    model_path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def policy(self):
+        return self.accelerator.unwrap_model(self.model)
+
+
+def ref_logprobs(run: Run, batch) -> torch.Tensor:
+    """Reference log-probs: the frozen copy, or for LoRA the base with adapters off."""
+    with torch.no_grad():
+        if run.ref_model is not None:
+            return completion_logprobs(run.ref_model, batch, run.cfg.rollout.temperature)[0]
+        with run.policy.disable_adapter():
+            return completion_logprobs(run.model, batch, run.cfg.rollout.temperature)[0]
+
+
+def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
+    """One optimizer step over all sequences, accumulated over micro-batches."""
+    cfg, acc = run.cfg, run.accelerator
+    mbs = micro_batches(seqs, cfg.train.micro_batch_size)
+    n_tokens = sum(len(s.completion) for s in seqs if not _masked(s, cfg))
+    sums: dict[str, float] = {}
+    run.model.train()
+    for i, mb in enumerate(mbs):
+        batch = collate(mb, run.tokenizer.pad_token_id, acc.device)
+        mask = batch["completion_mask"] * torch.tensor(
+            [0.0 if _masked(s, cfg) else 1.0 for s in mb], device=acc.device)[:, None]
+        sync = acc.no_sync(run.model) if i < len(mbs) - 1 else _nullcontext()
+        with sync:
+            logp, entropy = completion_logprobs(run.model, batch, cfg.rollout.temperature,
+                                                with_entropy=True)
+            T = logp.size(1)
+            old = (torch.stack([_pad(s.old_logp, T) for s in mb])
+                   if mb[0].old_logp is not None else logp.detach())
+            ref = (torch.stack([_pad(s.ref_logp, T) for s in mb])
+                   if mb[0].ref_logp is not None else None)
+            x = LossInputs(
+                logp=logp, old_logp=old, ref_logp=ref, mask=mask,
+                advantages=torch.tensor([s.advantage for s in mb], device=acc.device),
+                num_sequences=len(seqs), num_tokens=n_tokens, num_micro_batches=len(mbs),
+                max_completion_length=cfg.rollout.max_completion_length,
+            )
+            loss, m = policy_loss(x, cfg.algo)
+            acc.backward(loss)
+        w = len(mb) / len(seqs)
+        m["loss"] = loss.item() / w  # the micro-batch's share of the step loss, rescaled
+        m["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + v * w
+    grad_norm = acc.clip_grad_norm_(run.model.parameters(), cfg.train.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    sums["grad_norm"] = float(grad_norm)
+    return sums
+
+
+def _masked(s: Sequence, cfg: RecipeConfig) -> bool:
+    return cfg.algo.mask_truncated_completions and s.truncated
+
+
+def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, length - t.numel()))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def rollout(run: Run, problems: list[Problem], n: int, sampling: SamplingParams):
+    """Prompt tokens -> completions (grouped per prompt) and their decoded texts."""
+    prompts = [run.encode(p) for p in problems]
+    groups: list[list[Completion]] = run.engine.generate(prompts, n, sampling)
+    flat = [c for g in groups for c in g]
+    texts = run.tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
+    for c, t in zip(flat, texts):
+        c.text = t
+    return flat
+
+
+def rl_step(run: Run) -> dict[str, float]:
+    """One GRPO step. Returns the step's metrics."""
+    cfg = run.cfg
+    G = cfg.algo.num_generations
+    t0 = time.perf_counter()
+
+    problems = run.train_data.take(cfg.train.prompts_per_step)            # data
+    sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                              max_tokens=cfg.rollout.max_completion_length)
+    completions = rollout(run, problems, G, sampling)                     # rollout
+    t_gen = time.perf_counter() - t0
+
+    repeated = [p for p in problems for _ in range(G)]
+    rewards, raw = compute_rewards([c.text for c in completions], repeated, run.rewards)
+    rewards_t = torch.tensor(rewards)                                     # rewards [B*G]
+    adv = group_advantages(rewards_t, G, cfg.algo.scale_rewards)          # advantages [B*G]
+
+    seqs = [Sequence(prompt=c.prompt_token_ids, completion=c.token_ids,
+                     advantage=float(a), truncated=c.finish_reason == "length")
+            for c, a in zip(completions, adv.tolist())]
+    if cfg.algo.num_iterations > 1 or cfg.algo.beta > 0:                  # logprobs
+        _attach_fixed_logprobs(run, seqs)
+    metrics: dict[str, float] = {}
+    for _ in range(cfg.algo.num_iterations):                              # loss + step
+        metrics = optimize(run, seqs)
+    run.engine.wake()                                                     # weight sync
+    # hf engine: shares the trainer's module, nothing to copy; vLLM pushes tensors here.
+
+    dt = time.perf_counter() - t0
+    n_tok = sum(len(c.token_ids) for c in completions)
+    groups_std = rewards_t.view(-1, G).std(dim=1)
+    metrics.update({
+        "reward": float(rewards_t.mean()),
+        "reward_std": float(rewards_t.std()),
+        "frac_zero_std_groups": float((groups_std < 1e-6).float().mean()),
+        "completion_length": n_tok / len(completions),
+        "frac_truncated": sum(c.finish_reason == "length" for c in completions) / len(completions),
+        "step_time_s": dt,
+        "generation_time_s": t_gen,
+        "tokens_per_s": n_tok / dt,
+        "lr": run.scheduler.get_last_lr()[0],
+    })
+    if len(raw) > 1:
+        metrics.update({f"rewards/{k}": sum(v) / len(v) for k, v in raw.items()})
+    metrics.setdefault("kl", None)  # type: ignore[arg-type]
+    return metrics
+
+
+def _attach_fixed_logprobs(run: Run, seqs: list[Sequence]) -> None:
+    """old_logp (for num_iterations > 1) and ref_logp (beta > 0), computed once per batch."""
+    cfg = run.cfg
+    run.model.eval()
+    for mb in micro_batches(seqs, cfg.train.micro_batch_size):
+        batch = collate(mb, run.tokenizer.pad_token_id, run.accelerator.device)
+        old = ref = None
+        if cfg.algo.num_iterations > 1:
+            with torch.no_grad():
+                old = completion_logprobs(run.model, batch, cfg.rollout.temperature)[0]
+        if cfg.algo.beta > 0:
+            ref = ref_logprobs(run, batch)
+        for i, s in enumerate(mb):
+            n = len(s.completion)
+            s.old_logp = None if old is None else old[i, :n].detach()
+            s.ref_logp = None if ref is None else ref[i, :n].detach()
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate(run: Run) -> dict[str, float]:
+    """Held-out accuracy: one completion per problem (greedy unless eval.temperature > 0)."""
+    cfg = run.cfg
+    problems = run.eval_problems[: cfg.eval.num_problems]
+    if not problems:
+        return {}
+    sampling = SamplingParams(temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
+                              max_tokens=cfg.eval.max_new_tokens
+                              or cfg.rollout.max_completion_length)
+    state = run.engine.rng_state()  # evaluation must not shift the training sampler
+    completions = rollout(run, problems, 1, sampling)
+    run.engine.set_rng_state(state)
+    total, raw = compute_rewards([c.text for c in completions], problems, run.rewards)
+    first = raw[run.rewards[0][0].name]
+    return {"eval/accuracy": sum(1.0 for v in first if v >= 1.0) / len(first),
+            "eval/reward": sum(total) / len(total),
+            "eval/completion_length": sum(len(c.token_ids) for c in completions) / len(first)}
+
+
+# ---------------------------------------------------------------- setup and loop
+
+
+def load_data(cfg: RecipeConfig) -> tuple[list[Problem], list[Problem]]:
+    d = cfg.data
+    if d.source == "synthetic":
+        from .data.synthetic import synthetic_splits
+
+        return synthetic_splits(d.synthetic)
+    from .data.loaders import FieldMap, load_problems
+
+    fields = FieldMap(id_key=d.id_key, prompt_key=d.prompt_key, messages_key=d.messages_key,
+                      answer_key=d.answer_key, solution_key=d.solution_key,
+                      answer_extractor=d.answer_extractor)
+    train = load_problems(d.source, fields, split=d.split, limit=d.limit)
+    if d.eval_source:
+        held = load_problems(d.eval_source, fields, split=d.eval_split)
+    elif d.eval_fraction > 0:
+        order = list(range(len(train)))
+        random.Random(cfg.train.seed).shuffle(order)
+        k = max(1, int(len(train) * d.eval_fraction))
+        held = [train[i] for i in order[:k]]
+        keep = set(order[k:])
+        train = [p for i, p in enumerate(train) if i in keep]
+    else:
+        held = []
+    return train, held
+
+
+def make_scheduler(optimizer, cfg: RecipeConfig):
+    t = cfg.train
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / (t.warmup_steps + 1)
+        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+        if t.lr_scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        if t.lr_scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
+    from accelerate import Accelerator
+
+    from .data.templates import encode_prompts
+    from .models import load_policy, load_reference
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if cfg.algo.num_generations < 2:
+        raise ValueError("algo.num_generations must be >= 2 (advantages compare a group)")
+    rewards = [(RewardFunction(r.name, timeout_s=r.timeout_s, kwargs=r.kwargs), r.weight)
+               for r in cfg.rewards]
+    if not rewards:
+        raise ValueError("rewards: at least one reward is needed, e.g. [{name: math}]")
+    train, held = load_data(cfg)
+    model, tok, path = load_policy(cfg.model, cfg.data.synthetic, log=log)
+    ref = None
+    if cfg.algo.beta > 0 and not cfg.model.lora.enabled:
+        ref = load_reference(path, cfg.model).to(accelerator.device)
+
+    cache: dict[str, list[int]] = {}
+    d = cfg.data
+
+    def encode(p: Problem) -> list[int]:
+        if p.id not in cache:
+            cache[p.id] = encode_prompts([p], tok, template=d.template,
+                                         system_prompt=d.system_prompt,
+                                         plain_template=d.plain_template)[0]
+        return cache[p.id]
+
+    too_long = [p for p in train if len(encode(p)) > d.max_prompt_length]
+    if too_long:
+        log(f"data: dropping {len(too_long)} prompts longer than "
+            f"data.max_prompt_length={d.max_prompt_length} tokens")
+        train = [p for p in train if len(encode(p)) <= d.max_prompt_length]
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate,
+                                  betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
+                                  weight_decay=cfg.train.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    engine = make_engine(cfg.rollout.backend, accelerator.unwrap_model(model), tok,
+                         batch_size=cfg.rollout.batch_size, seed=cfg.train.seed)
+    return Run(cfg=cfg, accelerator=accelerator, model=model, tokenizer=tok, engine=engine,
+               optimizer=optimizer, scheduler=scheduler,
+               train_data=ProblemStream(train, cfg.train.seed), eval_problems=held,
+               rewards=rewards, ref_model=ref, encode=encode, model_path=path)
+
+
+def save(run: Run) -> Path:
+    return save_checkpoint(
+        run.cfg.train.output_dir, run.step, model=run.policy, tokenizer=run.tokenizer,
+        optimizer=run.optimizer, scheduler=run.scheduler,
+        state={"data": run.train_data.state_dict(), "model_path": run.model_path},
+        extra_rng={"sampler": run.engine.rng_state()}, keep=run.cfg.train.save_total_limit,
+    )
+
+
+def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) a recipe; `stop_after` ends early after that many steps (tests)."""
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    run = build_run(cfg, log=log)
+    if cfg.train.resume_from:
+        ckpt = resolve_checkpoint(out, cfg.train.resume_from)
+        state, rng = load_checkpoint(ckpt, model=run.policy, optimizer=run.optimizer,
+                                     scheduler=run.scheduler)
+        run.train_data.load_state_dict(state["data"])
+        run.engine.set_rng_state(rng["sampler"])
+        run.step = state["step"]
+        log(f"resumed from {ckpt} at step {run.step}")
+    is_main = run.accelerator.is_main_process
+    run.logger = MetricsLogger(out, cfg.train.max_steps, start_step=run.step,
+                               log_every=cfg.train.log_every, enabled=is_main)
+    t = cfg.train
+    log(f"training {run.model_path} on {len(run.train_data.problems)} problems "
+        f"({len(run.eval_problems)} held out): {t.max_steps} steps x {t.prompts_per_step} "
+        f"prompts x {cfg.algo.num_generations} generations, loss {cfg.algo.loss_type}, "
+        f"{'LoRA' if cfg.model.lora.enabled else 'full weights'}")
+    if run.step == 0 and run.eval_problems:
+        run.logger.log({"step": 0, **evaluate(run)})
+    last: dict[str, Any] = {}
+    while run.step < t.max_steps:
+        metrics = rl_step(run)
+        run.step += 1
+        row: dict[str, Any] = {"step": run.step, **metrics}
+        if cfg.eval.every_steps and run.step % cfg.eval.every_steps == 0 \
+                or run.step == t.max_steps:
+            row.update(evaluate(run))
+        run.logger.log(row)
+        last = row
+        if t.save_steps and run.step % t.save_steps == 0 and run.step < t.max_steps:
+            save(run)
+        if stop_after is not None and run.step >= stop_after:
+            return last
+    if is_main:
+        save(run)
+        final = out / "final"
+        run.policy.save_pretrained(final)
+        run.tokenizer.save_pretrained(final)
+        if t.plot:
+            plot_rewards(out / "metrics.jsonl", out / "reward_curve.png")
+        run.logger.message(f"done: metrics in {out / 'metrics.jsonl'}, model in {final}")
+    return last
