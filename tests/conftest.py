@@ -18,3 +18,39 @@ def benchmarks_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"benchmarks directory not found: {path}")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tests build their tiny models in a temporary cache, never in ~/.cache."""
+    old = os.environ.get("RLREASON_CACHE")
+    os.environ["RLREASON_CACHE"] = str(tmp_path_factory.mktemp("rlreason-cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    yield
+    if old is None:
+        os.environ.pop("RLREASON_CACHE", None)
+    else:
+        os.environ["RLREASON_CACHE"] = old
+
+
+TINY_OVERRIDES = [
+    "model.tiny.num_layers=2", "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128",
+    "model.tiny.warmstart_steps=150", "model.tiny.warmstart_lr=3e-3",
+    "data.synthetic.num_train=200", "data.synthetic.num_eval=16",
+    "rollout.max_completion_length=6", "algo.num_generations=4",
+    "train.prompts_per_step=4", "train.micro_batch_size=8", "train.max_steps=4",
+    "train.learning_rate=1e-3", "train.plot=false", "eval.num_problems=16",
+    "rewards=[{name: exact_match}]",
+]
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path):
+    """A RecipeConfig for a tiny, fast run in tmp_path; extra dotted overrides on top."""
+    from rlreason.config import load_config
+
+    def make(*overrides: str):
+        return load_config(None, [*TINY_OVERRIDES, f"train.output_dir={tmp_path / 'run'}",
+                                  *overrides])
+
+    return make
