@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -80,7 +80,8 @@ class SyntheticConfig(_Section):
 class DataConfig(_Section):
     source: str = Field(
         "synthetic",
-        description="'synthetic', a local .jsonl/.parquet file, or a hub dataset id.",
+        description="'synthetic', a local .jsonl/.parquet file, or a hub dataset id "
+        "('openai/gsm8k:main' selects the config 'main').",
     )
     split: str = Field("train", description="Split of a hub dataset.")
     eval_source: str | None = Field(
@@ -166,11 +167,19 @@ class TrainConfig(_Section):
     adam_beta2: float = Field(0.99, description="AdamW beta2.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     seed: int = Field(0, description="Seeds data order, sampling and initialisation.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="Autocast compute dtype (accelerate); keep model.dtype float32 with it."
+    )
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     resume_from: str | None = Field(
         None, description="'latest' or a checkpoint folder to continue from."
     )
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML reads a bare `no` as false
+
     log_every: int = Field(1, ge=1, description="Progress line every N steps when not a TTY.")
     plot: bool = Field(True, description="Write reward_curve.png at the end.")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's).")

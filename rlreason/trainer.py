@@ -342,7 +342,8 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision=cfg.train.mixed_precision)
     if cfg.algo.num_generations < 2:
         raise ValueError("algo.num_generations must be >= 2 (advantages compare a group)")
     rewards = [(RewardFunction(r.name, timeout_s=r.timeout_s, kwargs=r.kwargs), r.weight)

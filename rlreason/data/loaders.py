@@ -303,7 +303,8 @@ def _hub_rows(source: str, split: str, limit: int | None) -> Iterator[tuple[str,
     try:
         import datasets
 
-        ds = datasets.load_dataset(source, split=split)
+        repo, _, subset = source.partition(":")  # "openai/gsm8k:main" names a config
+        ds = datasets.load_dataset(repo, subset or None, split=split)
     except Exception as e:  # noqa: BLE001 - network, auth, missing dataset / split: all reported the same way
         raise DataError(
             f"could not load hub dataset {source!r} (split {split!r}): {type(e).__name__}: {e}. "

@@ -1,0 +1,311 @@
+"""Time GRPO optimizer steps on CPU: rlreason's `rl_step` vs TRL's `GRPOTrainer`.
+
+Both systems train the same freshly initialised small Llama (saved once to a temporary
+folder, loaded from there by both) on the same 256 "a+b=" prompts with the same reward,
+8 prompts x 4 generations per step, up to 64 new tokens, beta 0, learning rate 1e-4.
+The TRL side reproduces the peer setup of shared/baselines/trl_grpo_cpu.py (copied here
+so this script is self-contained); its step time is the span between the Trainer's
+on_step_begin and on_step_end callbacks, i.e. generation + reward + loss + backward +
+optimizer step. The rlreason side times `rlreason.trainer.rl_step(run)`, which does the
+same work.
+
+The first `--warmup` steps (default 2) of each system are excluded from its median.
+Both systems run in this one process, one after the other (rlreason first, then TRL),
+each preceded by the same seeding; `--only` runs a single system.
+
+usage:
+  python benchmarks/grpo_step_cpu.py --steps 12 --out benchmarks/results/grpo_step_cpu.json
+  python benchmarks/grpo_step_cpu.py --steps 4 --only rlreason
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+SEED = 0
+NUM_PROMPTS = 256
+PROMPTS_PER_STEP = 8
+NUM_GENERATIONS = 4
+MAX_COMPLETION_LENGTH = 64
+LEARNING_RATE = 1e-4
+TARGET_RATIO = 0.5
+
+
+# ---------------------------------------------------------------- shared setup (as the peer's)
+
+
+def build_model(path: str) -> None:
+    """The peer's char tokenizer + LlamaConfig(256/768, 4 layers, 4 heads, tied), saved to `path`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    chars = list("0123456789+-*=() \n") + list("abcdefghijklmnopqrstuvwxyz:.")
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<pad>")
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=256, intermediate_size=768,
+                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                      max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+                      pad_token_id=0, tie_word_embeddings=True)
+    seed_all(SEED)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+
+
+def make_rows() -> list[dict[str, str]]:
+    rng = random.Random(SEED)
+    rows = []
+    for _ in range(NUM_PROMPTS):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        rows.append({"prompt": f"{a}+{b}=", "answer": str(a + b)})
+    return rows
+
+
+def seed_all(seed: int = SEED) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def summarize(times: list[float], lengths: list[float], warmup: int) -> dict:
+    timed = times[warmup:] if len(times) > warmup else times
+    lens = lengths[warmup:] if len(lengths) > warmup else lengths
+    return {
+        "median_step_s": statistics.median(timed) if timed else None,
+        "step_times_s": [round(t, 4) for t in times],
+        "timed_steps": len(timed),
+        "mean_completion_length": statistics.fmean(lens) if lens else None,
+        "completion_length_per_step": [round(x, 2) for x in lengths],
+    }
+
+
+# ---------------------------------------------------------------- rlreason
+
+
+def starts_with(completion: str, problem) -> float:
+    return 1.0 if completion.strip().startswith(problem.answer) else 0.0
+
+
+def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int) -> dict:
+    from rlreason.config import RecipeConfig
+    from rlreason.rewards import RewardFunction
+    from rlreason.trainer import build_run, rl_step
+
+    data = Path(work) / "add.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_rows()))
+    cfg = RecipeConfig.model_validate({
+        "model": {"name_or_path": model_dir, "dtype": "float32"},
+        "data": {"source": str(data), "template": "plain"},
+        "rewards": [{"name": "exact_match"}],  # replaced by `starts_with` below
+        "rollout": {"backend": "hf", "temperature": 1.0, "top_p": 1.0,
+                    "max_completion_length": MAX_COMPLETION_LENGTH},
+        # loss_type: TRL 1.16's GRPOConfig default is "dapo"; adam/scheduler as TRL's defaults.
+        "algo": {"num_generations": NUM_GENERATIONS, "beta": 0.0, "loss_type": "dapo"},
+        "train": {"output_dir": str(Path(work) / "rlreason_out"), "max_steps": steps,
+                  "prompts_per_step": PROMPTS_PER_STEP, "micro_batch_size": 32,
+                  "learning_rate": LEARNING_RATE, "lr_scheduler": "linear",
+                  "adam_beta2": 0.999, "seed": SEED, "plot": False},
+        "eval": {"num_problems": 0},
+    })
+    seed_all()
+    run = build_run(cfg, log=lambda *_: None)
+    run.rewards = [(RewardFunction(starts_with, name="starts_with"), 1.0)]
+    times, lengths, gen_times, rewards = [], [], [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        m = rl_step(run)
+        times.append(time.perf_counter() - t0)
+        run.step += 1
+        lengths.append(m["completion_length"])
+        gen_times.append(m["generation_time_s"])
+        rewards.append(m["reward"])
+    out = summarize(times, lengths, warmup)
+    timed_gen = gen_times[warmup:] if len(gen_times) > warmup else gen_times
+    out.update({
+        "generation_time_s": [round(t, 4) for t in gen_times],
+        "median_generation_s": statistics.median(timed_gen),
+        "mean_reward": statistics.fmean(rewards),
+        "gradient_checkpointing": cfg.model.gradient_checkpointing,
+        "loss_type": cfg.algo.loss_type,
+        "torch_threads": torch.get_num_threads(),
+    })
+    return out
+
+
+# ---------------------------------------------------------------- TRL
+
+
+def bench_trl(model_dir: str, work: str, steps: int, warmup: int) -> dict:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_begin(self, *a, **k):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.times.append(time.perf_counter() - self.t)
+
+    def reward(completions, answer, **kw):
+        return [1.0 if c.strip().startswith(x) else 0.0 for c, x in zip(completions, answer)]
+
+    cfg = GRPOConfig(output_dir=str(Path(work) / "trl_out"), per_device_train_batch_size=32,
+                     num_generations=NUM_GENERATIONS, max_completion_length=MAX_COMPLETION_LENGTH,
+                     max_steps=steps, learning_rate=LEARNING_RATE, logging_steps=1, report_to=[],
+                     use_cpu=True, bf16=False, save_strategy="no", seed=SEED, beta=0.0)
+    timer = StepTimer()
+    seed_all()
+    trainer = GRPOTrainer(model=model_dir, reward_funcs=reward, args=cfg,
+                          train_dataset=Dataset.from_list(make_rows()), callbacks=[timer])
+    gen_times: list[float] = []
+    if hasattr(trainer, "_generate"):  # time generation too (same span rlreason reports)
+        inner = trainer._generate
+
+        def timed_generate(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                gen_times.append(time.perf_counter() - t0)
+
+        trainer._generate = timed_generate
+    trainer.train()
+    hist = [h for h in trainer.state.log_history if "completions/mean_length" in h]
+    lengths = [float(h["completions/mean_length"]) for h in hist]
+    rewards = [float(h["reward"]) for h in hist if "reward" in h]
+    out = summarize(timer.times, lengths, warmup)
+    timed_gen = gen_times[warmup:] if len(gen_times) > warmup else gen_times
+    out.update({
+        "generation_time_s": [round(t, 4) for t in gen_times],
+        "median_generation_s": statistics.median(timed_gen) if timed_gen else None,
+        "mean_reward": statistics.fmean(rewards) if rewards else None,
+        "gradient_checkpointing": bool(cfg.gradient_checkpointing),
+        "loss_type": cfg.loss_type,
+        "torch_threads": torch.get_num_threads(),
+    })
+    return out
+
+
+# ---------------------------------------------------------------- environment
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def env_info() -> dict:
+    import transformers
+
+    try:
+        import trl
+        trl_version = trl.__version__
+    except ImportError:
+        trl_version = None
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl_version,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_start": None,
+        "loadavg_end": None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=12, help="optimizer steps per system")
+    ap.add_argument("--warmup", type=int, default=2, help="first steps excluded from the median")
+    ap.add_argument("--out", default="benchmarks/results/grpo_step_cpu.json")
+    ap.add_argument("--only", choices=["rlreason", "trl"], default=None)
+    args = ap.parse_args()
+    if args.steps <= args.warmup:
+        ap.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
+    warnings.filterwarnings("ignore")
+
+    env = env_info()
+    env["loadavg_start"] = list(os.getloadavg())
+    result: dict = {
+        "settings": {
+            "model": "LlamaConfig(vocab 49, hidden 256, intermediate 768, 4 layers, 4 heads, "
+                     "tied embeddings), random init seed 0, float32",
+            "tokenizer": "character-level WordLevel (peer's)",
+            "num_prompts": NUM_PROMPTS,
+            "prompts_per_step": PROMPTS_PER_STEP,
+            "num_generations": NUM_GENERATIONS,
+            "sequences_per_step": PROMPTS_PER_STEP * NUM_GENERATIONS,
+            "max_completion_length": MAX_COMPLETION_LENGTH,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "learning_rate": LEARNING_RATE,
+            "beta": 0.0,
+            "loss_type": "dapo",
+            "reward": "1.0 if completion.strip().startswith(answer) else 0.0",
+            "steps": args.steps,
+            "warmup_steps_excluded": args.warmup,
+            "median": "statistics.median over steps[warmup:]",
+            "process": "same process, rlreason then trl" if args.only is None else f"only {args.only}",
+            "device": "cpu",
+        },
+        "rlreason": None,
+        "trl": None,
+        "ratio": None,
+        "target_ratio": TARGET_RATIO,
+        "meets_target": None,
+        "env": env,
+    }
+    with tempfile.TemporaryDirectory(prefix="grpo_step_cpu-") as work:
+        model_dir = str(Path(work) / "model")
+        build_model(model_dir)
+        if args.only in (None, "rlreason"):
+            result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup)
+        if args.only in (None, "trl"):
+            result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup)
+    env["loadavg_end"] = list(os.getloadavg())
+    r, t = result["rlreason"], result["trl"]
+    if r and t and r["median_step_s"] and t["median_step_s"]:
+        result["ratio"] = r["median_step_s"] / t["median_step_s"]
+        result["meets_target"] = result["ratio"] <= TARGET_RATIO
+    text = json.dumps(result, indent=2)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
