@@ -20,12 +20,14 @@ usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -290,10 +292,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="grpo_step_cpu-") as work:
         model_dir = str(Path(work) / "model")
         build_model(model_dir)
-        if args.only in (None, "rlreason"):
-            result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup)
-        if args.only in (None, "trl"):
-            result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup)
+        # Progress/log lines of either trainer go to stderr: stdout carries only the JSON.
+        with contextlib.redirect_stdout(sys.stderr):
+            if args.only in (None, "rlreason"):
+                result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup)
+            if args.only in (None, "trl"):
+                result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup)
     env["loadavg_end"] = list(os.getloadavg())
     r, t = result["rlreason"], result["trl"]
     if r and t and r["median_step_s"] and t["median_step_s"]:

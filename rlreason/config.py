@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -285,6 +285,18 @@ def dump_config(cfg: BaseModel, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
+def _type_name(ann: Any) -> str:
+    """Readable type for the reference table (no '|', which would split a markdown cell)."""
+    args = get_args(ann)
+    if get_origin(ann) is Literal:
+        return " / ".join(f"`{a}`" for a in args)
+    if args and get_origin(ann) is not list:  # a union
+        return " or ".join(_type_name(a) for a in args)
+    if get_origin(ann) is list:
+        return f"list of {_type_name(args[0])}"
+    return "null" if ann is type(None) else getattr(ann, "__name__", str(ann))
+
+
 def reference(model: type[BaseModel] = RecipeConfig, prefix: str = "") -> list[str]:
     """Markdown lines documenting every field: key, type, default, description."""
     out: list[str] = []
@@ -299,6 +311,5 @@ def reference(model: type[BaseModel] = RecipeConfig, prefix: str = "") -> list[s
             default = default.model_dump()
         elif isinstance(default, list) and default and isinstance(default[0], BaseModel):
             default = [d.model_dump(exclude_defaults=True) for d in default]
-        tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-        out.append(f"| `{key}` | {tname} | `{default!r}` | {f.description or ''} |")
+        out.append(f"| `{key}` | {_type_name(ann)} | `{default!r}` | {f.description or ''} |")
     return out

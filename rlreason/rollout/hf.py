@@ -50,8 +50,10 @@ def eval_mode(model):
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer, *, batch_size: int = 256, seed: int = 0):
+    def __init__(self, model, tokenizer, *, batch_size: int = 256, seed: int = 0,
+                 static_cache: bool = True):
         self.model = model
+        self.static_cache = static_cache
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -103,9 +105,34 @@ class HFEngine:
         self.generator.set_state(state)
 
     # ------------------------------------------------------------ decoding
-    def _decode(self, prompts: list[list[int]], sp: SamplingParams) -> list[Completion]:
+    def _stepper(self, ids, mask, pos, max_len: int):
+        """(logits of the prompt's last position, fn(next_tokens, positions) -> logits)."""
+        from . import static_cache
+
+        if self.static_cache and static_cache.supports(self.model, max_len):
+            dec = static_cache.StaticCacheDecoder(self.model, ids.size(0), max_len)
+            ones = torch.ones((ids.size(0), 1), dtype=torch.bool, device=ids.device)
+            first = dec.forward(ids, pos, mask.bool())
+            return first, lambda tok, p: dec.forward(tok[:, None], p, ones)
+
         from transformers.cache_utils import DynamicCache
 
+        state = {"mask": mask}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                         past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+        state["cache"] = out.past_key_values
+
+        def step(tok, p):
+            m = state["mask"]
+            state["mask"] = torch.cat([m, m.new_ones((m.size(0), 1))], dim=1)
+            o = self.model(input_ids=tok[:, None], attention_mask=state["mask"], position_ids=p,
+                           past_key_values=state["cache"], use_cache=True)
+            state["cache"] = o.past_key_values
+            return o.logits[:, -1]
+
+        return out.logits[:, -1], step
+
+    def _decode(self, prompts: list[list[int]], sp: SamplingParams) -> list[Completion]:
         B, P, dev = len(prompts), max(len(p) for p in prompts), self.device
         ids = torch.full((B, P), self.pad_id, dtype=torch.long)
         mask = torch.zeros((B, P), dtype=torch.long)
@@ -119,21 +146,18 @@ class HFEngine:
         out_lp = torch.zeros((B, sp.max_tokens), device=dev)
         finished = torch.zeros(B, dtype=torch.bool, device=dev)
         lengths = torch.zeros(B, dtype=torch.long, device=dev)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                         past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+        logits, step = self._stepper(ids, mask, pos, P + sp.max_tokens)
         pos = pos[:, -1:]
         for t in range(sp.max_tokens):
-            tok, lp = sample_tokens(out.logits[:, -1], sp.temperature, sp.top_p, self.generator)
+            tok, lp = sample_tokens(logits, sp.temperature, sp.top_p, self.generator)
             tok = tok.masked_fill(finished, self.pad_id)
             out_tok[:, t], out_lp[:, t] = tok, lp.masked_fill(finished, 0.0)
             lengths += (~finished).long()
             finished |= torch.isin(tok, stop)
             if t + 1 == sp.max_tokens or bool(finished.all()):
                 break
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], dim=1)
             pos = pos + 1
-            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos,
-                             past_key_values=out.past_key_values, use_cache=True)
+            logits = step(tok, pos)
         toks, lps, lens = out_tok.tolist(), out_lp.tolist(), lengths.tolist()
         stop_set = set(stop.tolist())
         result = []

@@ -1,0 +1,93 @@
+"""A lean decode step for Llama-family models over a preallocated KV cache.
+
+Why our own: for the small models that run on CPUs, a decode step is a handful of small
+matmuls and transformers' per-step machinery (cache objects, mask builders, output
+dataclasses, kwargs plumbing through every module) costs more than the arithmetic. This
+step calls the model's own submodules (embeddings, norms, q/k/v/o projections, MLPs,
+rotary embedding, lm_head), so weights, biases and peft LoRA layers are used exactly as
+the model defines them; only cache handling and masking are ours. Supported:
+Llama, Qwen2, Qwen3, Mistral (no sliding window); anything else falls back to the
+transformers forward. Tests check the logits against the transformers forward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports(model, max_len: int) -> bool:
+    base = _base(model)
+    cfg = getattr(base, "config", None)
+    if getattr(cfg, "model_type", None) not in SUPPORTED:
+        return False
+    inner = getattr(base, "model", None)
+    if not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return False
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True) and window < max_len:
+        return False
+    return True
+
+
+class StaticCacheDecoder:
+    """Holds K/V of every layer as [B, kv_heads, max_len, head_dim] buffers.
+
+    Rows are left-padded, so all rows write the same cache column at each step; `valid`
+    [B, max_len] marks which columns hold real (non-padding) tokens.
+    """
+
+    def __init__(self, model, batch: int, max_len: int):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        self.rope = apply_rotary_pos_emb
+        base = _base(model)
+        self.inner, self.lm_head = base.model, base.lm_head
+        first = self.inner.layers[0].self_attn
+        self.head_dim = first.head_dim
+        p = next(base.parameters())
+        kv = base.config.num_key_value_heads
+        self.k = [torch.zeros(batch, kv, max_len, self.head_dim, dtype=p.dtype, device=p.device)
+                  for _ in self.inner.layers]
+        self.v = [torch.zeros_like(t) for t in self.k]
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=p.device)
+        self.gqa = kv != base.config.num_attention_heads
+        self.col = 0
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Feed ids [B, L] at positions pos [B, L]; returns the last position's logits [B, V]."""
+        B, L = ids.shape
+        c0, c1 = self.col, self.col + L
+        self.valid[:, c0:c1] = valid
+        # query i (cache column c0+i) sees columns <= c0+i that hold real tokens, and itself
+        # (so a padding query never has an empty row, which would give NaN)
+        cols = torch.arange(c1, device=ids.device)
+        qcol = torch.arange(c0, c1, device=ids.device)[:, None]
+        mask = ((cols[None, :] <= qcol) & self.valid[:, None, :c1]) | (cols[None, :] == qcol)
+        mask = mask[:, None]  # [B, 1, L, c1]
+        h = self.inner.embed_tokens(ids)
+        cos, sin = self.inner.rotary_emb(h, pos)
+        for i, layer in enumerate(self.inner.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(B, L, -1, self.head_dim)
+            k = attn.k_proj(x).view(B, L, -1, self.head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm per head before rotary
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            v = attn.v_proj(x).view(B, L, -1, self.head_dim).transpose(1, 2)
+            q, k = self.rope(q, k, cos, sin)
+            self.k[i][:, :, c0:c1] = k
+            self.v[i][:, :, c0:c1] = v
+            o = F.scaled_dot_product_attention(
+                q, self.k[i][:, :, :c1], self.v[i][:, :, :c1], attn_mask=mask,
+                scale=attn.scaling, enable_gqa=self.gqa)
+            h = h + attn.o_proj(o.transpose(1, 2).reshape(B, L, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        self.col = c1
+        return self.lm_head(self.inner.norm(h[:, -1]))
