@@ -87,12 +87,17 @@ def seed_all(seed: int = SEED) -> None:
     torch.manual_seed(seed)
 
 
-def summarize(times: list[float], lengths: list[float], warmup: int) -> dict:
+def summarize(times: list[float], cpu_times: list[float], lengths: list[float],
+              warmup: int) -> dict:
     timed = times[warmup:] if len(times) > warmup else times
     lens = lengths[warmup:] if len(lengths) > warmup else lengths
     return {
         "median_step_s": statistics.median(timed) if timed else None,
+        "min_step_s": min(timed) if timed else None,
         "step_times_s": [round(t, 4) for t in times],
+        # CPU seconds this process used per step (all threads): a step whose wall time
+        # grew while its CPU time did not was slowed by other load on the machine.
+        "step_cpu_s": [round(t, 4) for t in cpu_times],
         "timed_steps": len(timed),
         "mean_completion_length": statistics.fmean(lens) if lens else None,
         "completion_length_per_step": [round(x, 2) for x in lengths],
@@ -130,16 +135,17 @@ def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int) -> dict:
     seed_all()
     run = build_run(cfg, log=lambda *_: None)
     run.rewards = [(RewardFunction(starts_with, name="starts_with"), 1.0)]
-    times, lengths, gen_times, rewards = [], [], [], []
+    times, cpu_times, lengths, gen_times, rewards = [], [], [], [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         m = rl_step(run)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         run.step += 1
         lengths.append(m["completion_length"])
         gen_times.append(m["generation_time_s"])
         rewards.append(m["reward"])
-    out = summarize(times, lengths, warmup)
+    out = summarize(times, cpu_times, lengths, warmup)
     timed_gen = gen_times[warmup:] if len(gen_times) > warmup else gen_times
     out.update({
         "generation_time_s": [round(t, 4) for t in gen_times],
@@ -163,12 +169,14 @@ def bench_trl(model_dir: str, work: str, steps: int, warmup: int) -> dict:
     class StepTimer(TrainerCallback):
         def __init__(self):
             self.times: list[float] = []
+            self.cpu_times: list[float] = []
 
         def on_step_begin(self, *a, **k):
-            self.t = time.perf_counter()
+            self.c, self.t = time.process_time(), time.perf_counter()
 
         def on_step_end(self, *a, **k):
             self.times.append(time.perf_counter() - self.t)
+            self.cpu_times.append(time.process_time() - self.c)
 
     def reward(completions, answer, **kw):
         return [1.0 if c.strip().startswith(x) else 0.0 for c, x in zip(completions, answer)]
@@ -197,7 +205,7 @@ def bench_trl(model_dir: str, work: str, steps: int, warmup: int) -> dict:
     hist = [h for h in trainer.state.log_history if "completions/mean_length" in h]
     lengths = [float(h["completions/mean_length"]) for h in hist]
     rewards = [float(h["reward"]) for h in hist if "reward" in h]
-    out = summarize(timer.times, lengths, warmup)
+    out = summarize(timer.times, timer.cpu_times, lengths, warmup)
     timed_gen = gen_times[warmup:] if len(gen_times) > warmup else gen_times
     out.update({
         "generation_time_s": [round(t, 4) for t in gen_times],

@@ -65,3 +65,10 @@ def test_reference_documents_every_field():
     keys = {line.split("`")[1] for line in lines}
     assert {"algo.beta", "train.learning_rate", "model.lora.r", "rollout.temperature"} <= keys
     assert all(line.rstrip(" |").split("|")[-1].strip() for line in lines), "undocumented field"
+
+
+def test_readme_reference_is_current():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    stale = [line for line in reference() if line not in readme]
+    assert not stale, f"README config reference is stale; regenerate with " \
+                      f"`rlreason config --reference`: {stale[:3]}"

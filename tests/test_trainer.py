@@ -130,3 +130,14 @@ def test_jsonl_dataset_with_field_mapping_trains(tiny_recipe, tmp_path):
                       "data.eval_fraction=0.25", "train.max_steps=2", "data.template=plain")
     last = train(cfg, log=lambda s: None)
     assert last["step"] == 2 and 0.0 <= last["eval/accuracy"] <= 1.0
+
+
+def test_num_iterations_reuses_the_batch_with_stored_old_logprobs(tiny_recipe):
+    from rlreason.trainer import rl_step
+
+    run = build_run(tiny_recipe("algo.num_iterations=3", "train.learning_rate=1e-2"),
+                    log=lambda s: None)
+    m = rl_step(run)
+    # the last of 3 passes sees a policy moved by 2 optimizer steps: ratio != 1
+    assert m["ratio"] != pytest.approx(1.0, abs=1e-6)
+    assert run.scheduler.last_epoch == 3  # one optimizer/scheduler step per pass

@@ -106,14 +106,19 @@ class HFEngine:
 
     # ------------------------------------------------------------ decoding
     def _stepper(self, ids, mask, pos, max_len: int):
-        """(logits of the prompt's last position, fn(next_tokens, positions) -> logits)."""
+        """(last prompt logits, step(tokens, positions) -> logits, keep_rows or None).
+
+        keep_rows(indices) drops finished rows from the KV cache; only the static-cache
+        path supports it (re-indexing transformers' cache objects costs more than it saves).
+        """
         from . import static_cache
 
         if self.static_cache and static_cache.supports(self.model, max_len):
             dec = static_cache.StaticCacheDecoder(self.model, ids.size(0), max_len)
-            ones = torch.ones((ids.size(0), 1), dtype=torch.bool, device=ids.device)
             first = dec.forward(ids, pos, mask.bool())
-            return first, lambda tok, p: dec.forward(tok[:, None], p, ones)
+            step = lambda tok, p: dec.forward(  # noqa: E731
+                tok[:, None], p, torch.ones_like(tok, dtype=torch.bool)[:, None])
+            return first, step, dec.keep_rows
 
         from transformers.cache_utils import DynamicCache
 
@@ -130,7 +135,7 @@ class HFEngine:
             state["cache"] = o.past_key_values
             return o.logits[:, -1]
 
-        return out.logits[:, -1], step
+        return out.logits[:, -1], step, None
 
     def _decode(self, prompts: list[list[int]], sp: SamplingParams) -> list[Completion]:
         B, P, dev = len(prompts), max(len(p) for p in prompts), self.device
@@ -146,9 +151,12 @@ class HFEngine:
         out_lp = torch.zeros((B, sp.max_tokens), device=dev)
         finished = torch.zeros(B, dtype=torch.bool, device=dev)
         lengths = torch.zeros(B, dtype=torch.long, device=dev)
-        logits, step = self._stepper(ids, mask, pos, P + sp.max_tokens)
+        logits, step, keep_rows = self._stepper(ids, mask, pos, P + sp.max_tokens)
         pos = pos[:, -1:]
+        rows = torch.arange(B, device=dev)  # rows of the batch still in the KV cache
         for t in range(sp.max_tokens):
+            # every row is sampled (finished ones too, then masked), so the generator's
+            # stream does not depend on when rows leave the cache
             tok, lp = sample_tokens(logits, sp.temperature, sp.top_p, self.generator)
             tok = tok.masked_fill(finished, self.pad_id)
             out_tok[:, t], out_lp[:, t] = tok, lp.masked_fill(finished, 0.0)
@@ -157,7 +165,15 @@ class HFEngine:
             if t + 1 == sp.max_tokens or bool(finished.all()):
                 break
             pos = pos + 1
-            logits = step(tok, pos)
+            alive = ~finished[rows]
+            if keep_rows is not None and int(alive.sum()) <= 0.75 * rows.numel():
+                keep_rows(alive.nonzero().squeeze(-1))  # shrink the batch: less compute
+                rows = rows[alive]
+            if rows.numel() == B:
+                logits = step(tok, pos)
+            else:
+                logits = logits.new_zeros(B, logits.size(-1))
+                logits[rows] = step(tok[rows], pos[rows]).to(logits.dtype)
         toks, lps, lens = out_tok.tolist(), out_lp.tolist(), lengths.tolist()
         stop_set = set(stop.tolist())
         result = []

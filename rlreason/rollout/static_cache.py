@@ -59,6 +59,12 @@ class StaticCacheDecoder:
         self.gqa = kv != base.config.num_attention_heads
         self.col = 0
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drop finished rows from the cache (rows: indices into the current batch)."""
+        self.k = [t[rows] for t in self.k]
+        self.v = [t[rows] for t in self.v]
+        self.valid = self.valid[rows]
+
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Feed ids [B, L] at positions pos [B, L]; returns the last position's logits [B, V]."""
         B, L = ids.shape
