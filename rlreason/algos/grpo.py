@@ -14,8 +14,8 @@ whole step, so summed micro-batch gradients equal the gradient of the full batch
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -10,12 +10,12 @@ and not discovered halfway through a training run.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlreason.rewards.extract import extract_boxed, gsm8k_gold
 from rlreason.types import Problem
 
 __all__ = [
@@ -78,22 +78,6 @@ class FieldMap:
 # --------------------------------------------------------------------------- answers
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (nested braces allowed), or None."""
-    for m in reversed(list(re.finditer(r"\\boxed\s*\{", text))):
-        depth, start = 1, m.end()
-        for i in range(start, len(text)):
-            c = text[i]
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i]
-        # unbalanced: try an earlier \boxed
-    return None
-
-
 def extract_answer(raw: str, extractor: str) -> str:
     """Apply an answer extractor to an answer field; raises ValueError when it finds nothing."""
     if extractor == "none":
@@ -103,19 +87,16 @@ def extract_answer(raw: str, extractor: str) -> str:
             raise ValueError(
                 "expected a '####' marker before the final answer (answer_extractor='gsm8k')"
             )
-        ans = raw.rsplit("####", 1)[1].replace(",", "").strip()
+        ans = gsm8k_gold(raw)
         if not ans:
             raise ValueError("nothing after the last '####' (answer_extractor='gsm8k')")
         return ans
     if extractor == "boxed":
-        ans = _last_boxed(raw)
+        ans = extract_boxed(raw)
         if ans is None:
             raise ValueError(
-                "expected a balanced \\boxed{...} in the answer (answer_extractor='boxed')"
+                "expected a balanced, non-empty \\boxed{...} in the answer (answer_extractor='boxed')"
             )
-        ans = ans.strip()
-        if not ans:
-            raise ValueError("the last \\boxed{} is empty (answer_extractor='boxed')")
         return ans
     raise ValueError(
         f"unknown answer_extractor {extractor!r}; expected one of {ANSWER_EXTRACTORS}"

@@ -11,8 +11,9 @@ always the latest and `update_weights` is a copy only when a caller hands it oth
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import contextmanager
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
