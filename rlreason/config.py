@@ -157,6 +157,10 @@ class TrainConfig(_Section):
     max_steps: int = Field(100, gt=0, description="Optimizer steps.")
     prompts_per_step: int = Field(16, gt=0, description="Prompts per step (global batch).")
     micro_batch_size: int = Field(32, gt=0, description="Sequences per forward/backward.")
+    packing: bool = Field(
+        True, description="Pack sequences into rows with block-diagonal attention (sdpa, "
+        "flash-attention): compute only on real tokens."
+    )
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="Schedule after warmup."

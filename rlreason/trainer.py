@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .algos import LossInputs, group_advantages, policy_loss
+from .batching import PACKABLE_ATTENTION, Sequence, collate, completion_logprobs, micro_batches
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import RecipeConfig, dump_config
 from .data.stream import ProblemStream
@@ -24,73 +25,6 @@ from .logger import MetricsLogger, plot_rewards
 from .rewards import RewardFunction, compute_rewards
 from .rollout.engine import make_engine
 from .types import Completion, Problem, SamplingParams
-
-# ---------------------------------------------------------------- tensors of a batch
-
-
-@dataclass
-class Sequence:
-    """One prompt + sampled completion, as the trainer scores it."""
-
-    prompt: list[int]
-    completion: list[int]
-    advantage: float
-    truncated: bool
-    old_logp: torch.Tensor | None = None  # [T] when num_iterations > 1
-    ref_logp: torch.Tensor | None = None  # [T] when beta > 0
-
-
-def collate(seqs: list[Sequence], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Left-padded prompts, right-padded completions: completion tokens start at column P.
-
-    input_ids/attention_mask [B, P+T]; completion_mask [B, T]; P and T are this
-    micro-batch's maxima, so sorting sequences by length keeps padding small.
-    """
-    P = max(len(s.prompt) for s in seqs)
-    T = max(max(len(s.completion) for s in seqs), 1)
-    B = len(seqs)
-    ids = torch.full((B, P + T), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, P + T), dtype=torch.long)
-    cmask = torch.zeros((B, T), dtype=torch.float32)
-    for i, s in enumerate(seqs):
-        p, c = len(s.prompt), len(s.completion)
-        ids[i, P - p : P] = torch.tensor(s.prompt, dtype=torch.long)
-        ids[i, P : P + c] = torch.tensor(s.completion, dtype=torch.long)
-        attn[i, P - p : P + c] = 1
-        cmask[i, :c] = 1.0
-    return {"input_ids": ids.to(device), "attention_mask": attn.to(device),
-            "completion_mask": cmask.to(device), "prompt_len": P}
-
-
-def completion_logprobs(model, batch: dict[str, Any], temperature: float,
-                        with_entropy: bool = False):
-    """log pi(token) of each completion token under logits / temperature: [B, T].
-
-    Only the last T+1 positions are projected to the vocabulary (`logits_to_keep`), which
-    matters for large vocabularies; log-softmax is computed as gather - logsumexp so no
-    [B, T, V] log-probability tensor is kept.
-    """
-    ids, attn, P = batch["input_ids"], batch["attention_mask"], batch["prompt_len"]
-    T = ids.size(1) - P
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                   logits_to_keep=T + 1, use_cache=False).logits[:, :-1]
-    logits = logits.float() / temperature  # [B, T, V]
-    lse = logits.logsumexp(-1)
-    logp = logits.gather(-1, ids[:, P:, None]).squeeze(-1) - lse
-    if not with_entropy:
-        return logp, None
-    with torch.no_grad():
-        probs = torch.softmax(logits, -1)
-        entropy = lse - (probs * logits).sum(-1)
-    return logp, entropy
-
-
-def micro_batches(seqs: list[Sequence], size: int) -> list[list[Sequence]]:
-    """Split into micro-batches of similar length (less padding, less compute)."""
-    order = sorted(seqs, key=lambda s: len(s.prompt) + len(s.completion))
-    return [order[i : i + size] for i in range(0, len(order), size)]
-
 
 # ---------------------------------------------------------------- the run
 
@@ -128,6 +62,13 @@ def ref_logprobs(run: Run, batch) -> torch.Tensor:
             return completion_logprobs(run.model, batch, run.cfg.rollout.temperature)[0]
 
 
+def _collate(run: Run, mb: list[Sequence]) -> dict[str, Any]:
+    attn = getattr(run.policy.config, "_attn_implementation", None) or "eager"
+    pack = run.cfg.train.packing and attn in PACKABLE_ATTENTION
+    return collate(mb, run.tokenizer.pad_token_id, run.accelerator.device, pack=pack,
+                   attn_implementation=attn)
+
+
 def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
     """One optimizer step over all sequences, accumulated over micro-batches."""
     cfg, acc = run.cfg, run.accelerator
@@ -136,7 +77,7 @@ def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
     sums: dict[str, float] = {}
     run.model.train()
     for i, mb in enumerate(mbs):
-        batch = collate(mb, run.tokenizer.pad_token_id, acc.device)
+        batch = _collate(run, mb)
         mask = batch["completion_mask"] * torch.tensor(
             [0.0 if _masked(s, cfg) else 1.0 for s in mb], device=acc.device)[:, None]
         sync = acc.no_sync(run.model) if i < len(mbs) - 1 else _nullcontext()
@@ -249,7 +190,7 @@ def _attach_fixed_logprobs(run: Run, seqs: list[Sequence]) -> None:
     cfg = run.cfg
     run.model.eval()
     for mb in micro_batches(seqs, cfg.train.micro_batch_size):
-        batch = collate(mb, run.tokenizer.pad_token_id, run.accelerator.device)
+        batch = _collate(run, mb)
         old = ref = None
         if cfg.algo.num_iterations > 1:
             with torch.no_grad():
