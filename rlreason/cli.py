@@ -1,6 +1,8 @@
-"""`rlreason train|config`: each subcommand a thin call into the package.
+"""`rlreason train|config|eval`: each subcommand a thin call into the package.
 
 `rlreason --help` and each subcommand's `--help` are the user's manual.
+`rlreason eval compare DIR...` is spelled as a sub-action of eval; argparse cannot mix an
+optional sub-action with eval's own flags, so `main` routes it to its own parser.
 """
 from __future__ import annotations
 
@@ -30,6 +32,82 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation.command import eval_command
+
+    return eval_command(args)
+
+
+def _eval_compare(args: argparse.Namespace) -> int:
+    from .evaluation.command import compare_command
+
+    return compare_command(args)
+
+
+EVAL_EPILOG = """\
+examples:
+  rlreason eval --model Qwen/Qwen2.5-0.5B-Instruct --benchmark math500 --n 8 --output runs/eval1
+  rlreason eval --model runs/lora/final --benchmark gsm8k --limit 200        # LoRA adapter folder
+  rlreason eval --benchmark math500 --completions other_system.jsonl          # grade without a model
+  rlreason eval --benchmark my.jsonl --problem-key question --answer-key answer --model ...
+  rlreason eval compare runs/eval1 runs/eval2                                 # side-by-side table
+
+pass@k (unbiased estimator) and maj@k are reported for k = 1..n when n <= 8, else powers
+of two below n plus n. Outputs: DIR/summary.json, DIR/samples.jsonl, DIR/results.md."""
+
+
+def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
+    src = e.add_argument_group("what to evaluate")
+    src.add_argument("--model", help="hub id, model folder, or training checkpoint (checkpoints/step_N[/model], "
+                     "final); a LoRA adapter folder is detected and applied to its base model")
+    src.add_argument("--adapter", help="LoRA adapter folder to apply to --model")
+    src.add_argument("--base-model", help="base model for an adapter (default: adapter_config.json's "
+                     "base_model_name_or_path)")
+    src.add_argument("--tokenizer", help="tokenizer id/folder (default: the checkpoint's, else the base model's)")
+    src.add_argument("--completions", help="grade this JSONL of {\"id\": ..., \"completions\": [...]} rows "
+                     "instead of sampling (id: the benchmark's id, or a 0-based row index)")
+    b = e.add_argument_group("benchmark")
+    b.add_argument("--benchmark", required=True, help="built-in name (gsm8k, math500), a suite YAML, or a "
+                   "data file (.jsonl/.parquet) with --problem-key/--answer-key")
+    b.add_argument("--problem-key", help="data file: field holding the problem (default: prompt)")
+    b.add_argument("--answer-key", help="data file: field holding the answer (default: answer)")
+    b.add_argument("--id-key", help="data file: field holding a unique id (default: <file stem>-<index>)")
+    b.add_argument("--answer-extractor", choices=["none", "gsm8k", "boxed"],
+                   help="data file: how to cut the final answer out of the answer field (default: none)")
+    b.add_argument("--group-by", help="comma-separated fields to break metrics down by (overrides the suite's)")
+    b.add_argument("--grader", help="math (math-verify), exact_match, or module:function (default: the suite's)")
+    b.add_argument("--grader-timeout", type=float, help="seconds per grading call (default: the suite's)")
+    b.add_argument("--limit", type=int, help="evaluate the first N problems only")
+    pr = e.add_argument_group("prompt")
+    pr.add_argument("--template", choices=["auto", "chat", "plain"], help="default: the suite's (auto)")
+    pr.add_argument("--system-prompt", help="default: the suite's")
+    pr.add_argument("--plain-template", help="prompt format for template=plain, with {prompt} and {system}")
+    s = e.add_argument_group("sampling")
+    s.add_argument("--n", type=int, default=1, help="completions per problem (default: 1)")
+    s.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default: 0.6)")
+    s.add_argument("--top-p", type=float, default=0.95, help="default: 0.95")
+    s.add_argument("--max-new-tokens", type=int, default=2048, help="default: 2048")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    s.add_argument("--batch-size", type=int, default=64, help="sequences decoded together (default: 64)")
+    s.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="generation engine (default: hf)")
+    s.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="weights dtype (default: auto, the checkpoint's)")
+    o = e.add_argument_group("output")
+    o.add_argument("--output", help="output folder (default: runs/eval/<benchmark>-<model>)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar / progress lines")
+
+
+def build_eval_compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rlreason eval compare",
+        description="Print one markdown table of several `rlreason eval` runs: a row per metric, a column per run.",
+    )
+    p.add_argument("runs", nargs="+", help="output folders of `rlreason eval` (each holding summary.json)")
+    p.add_argument("--output", help="also write the table to this file")
+    p.set_defaults(func=_eval_compare)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlreason",
@@ -53,12 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reference", action="store_true",
                    help="print every config field as a markdown table")
     c.set_defaults(func=_config)
+    e = sub.add_parser(
+        "eval", help="evaluate a model (or graded completions) on a benchmark; `eval compare` runs",
+        description="Sample n completions per problem, grade them (math-verify), and report pass@k, maj@k "
+        "and per-group metrics. `rlreason eval compare DIR...` compares finished runs.",
+        epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_eval_arguments(e)
+    e.set_defaults(func=_eval)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["eval", "compare"]:
+        args = build_eval_compare_parser().parse_args(argv[2:])
+    else:
+        args = build_parser().parse_args(argv)
     from .config import ConfigError
 
     try:

@@ -161,6 +161,10 @@ class TrainConfig(_Section):
         True, description="Pack sequences into rows with block-diagonal attention (sdpa, "
         "flash-attention): compute only on real tokens."
     )
+    pack_shared_prompts: bool = Field(
+        False, description="With packing and sdpa, a prompt's completions share one copy of it "
+        "(pays off for long prompts and short completions)."
+    )
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="Schedule after warmup."

@@ -66,13 +66,13 @@ def _collate(run: Run, mb: list[Sequence]) -> dict[str, Any]:
     attn = getattr(run.policy.config, "_attn_implementation", None) or "eager"
     pack = run.cfg.train.packing and attn in PACKABLE_ATTENTION
     return collate(mb, run.tokenizer.pad_token_id, run.accelerator.device, pack=pack,
-                   attn_implementation=attn)
+                   attn_implementation=attn, share_prompts=run.cfg.train.pack_shared_prompts)
 
 
 def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
     """One optimizer step over all sequences, accumulated over micro-batches."""
     cfg, acc = run.cfg, run.accelerator
-    mbs = micro_batches(seqs, cfg.train.micro_batch_size)
+    mbs = micro_batches(seqs, cfg.train.micro_batch_size, cfg.algo.num_generations)
     n_tokens = sum(len(s.completion) for s in seqs if not _masked(s, cfg))
     sums: dict[str, float] = {}
     run.model.train()
@@ -189,7 +189,7 @@ def _attach_fixed_logprobs(run: Run, seqs: list[Sequence]) -> None:
     """old_logp (for num_iterations > 1) and ref_logp (beta > 0), computed once per batch."""
     cfg = run.cfg
     run.model.eval()
-    for mb in micro_batches(seqs, cfg.train.micro_batch_size):
+    for mb in micro_batches(seqs, cfg.train.micro_batch_size, cfg.algo.num_generations):
         batch = _collate(run, mb)
         old = ref = None
         if cfg.algo.num_iterations > 1:

@@ -54,3 +54,23 @@ def test_micro_batches_group_similar_lengths():
     assert [len(m) for m in mbs] == [4, 4, 2]
     lengths = [len(s.prompt) + len(s.completion) for m in mbs for s in m]
     assert lengths == sorted(lengths)
+
+
+def test_completions_of_one_prompt_share_it_when_packed(model):
+    """G completions of a prompt: one prompt copy per row, same log-probs as alone."""
+    base = _seqs(3, seed=2)
+    rng = random.Random(5)
+    seqs = [Sequence(prompt=s.prompt, completion=[rng.randint(4, 90) for _ in range(rng.randint(1, 7))],
+                     advantage=0.0, truncated=False) for s in base for _ in range(4)]
+    padded = collate(seqs, 0, "cpu", pack=False)
+    packed = collate(seqs, 0, "cpu", pack=True, share_prompts=True)
+    n_real = sum(len(s.prompt) + len(s.completion) for s in seqs)
+    n_shared = sum(len(s.prompt) for s in base) + sum(len(s.completion) for s in seqs)
+    assert int((packed["input_ids"] != 0).sum()) == n_shared < n_real
+    with torch.no_grad():
+        a, _ = completion_logprobs(model, padded, 1.0)
+        b, _ = completion_logprobs(model, packed, 1.0)
+    m = padded["completion_mask"]
+    assert torch.allclose(a * m, b * m, atol=1e-5)
+    mbs = micro_batches(seqs, 8, group_size=4)
+    assert all(len({tuple(s.prompt) for s in mb}) == len(mb) // 4 for mb in mbs)

@@ -65,6 +65,19 @@ class StaticCacheDecoder:
         self.v = [t[rows] for t in self.v]
         self.valid = self.valid[rows]
 
+    def _attend(self, q, k, v, mask, scale):
+        """Attention of q [B,H,L,D] over the cache. One query per row (decode) is done with
+        two batched matmuls: for L=1, torch's CPU sdpa kernel costs several times more."""
+        if q.size(2) > 1:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                                  enable_gqa=self.gqa)
+        if self.gqa:
+            rep = q.size(1) // k.size(1)
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        scores = (q @ k.transpose(-1, -2)) * scale  # [B, H, 1, S]
+        scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
+
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Feed ids [B, L] at positions pos [B, L]; returns the last position's logits [B, V]."""
         B, L = ids.shape
@@ -90,9 +103,7 @@ class StaticCacheDecoder:
             q, k = self.rope(q, k, cos, sin)
             self.k[i][:, :, c0:c1] = k
             self.v[i][:, :, c0:c1] = v
-            o = F.scaled_dot_product_attention(
-                q, self.k[i][:, :, :c1], self.v[i][:, :, :c1], attn_mask=mask,
-                scale=attn.scaling, enable_gqa=self.gqa)
+            o = self._attend(q, self.k[i][:, :, :c1], self.v[i][:, :, :c1], mask, attn.scaling)
             h = h + attn.o_proj(o.transpose(1, 2).reshape(B, L, -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         self.col = c1
