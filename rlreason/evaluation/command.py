@@ -13,13 +13,15 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from rlreason.data.loaders import DataError
 from rlreason.evaluation.completions import read_completions
 from rlreason.evaluation.grading import Grader
 from rlreason.evaluation.progress import EvalProgress
 from rlreason.evaluation.report import compare_markdown, load_summary, write_outputs
 from rlreason.evaluation.runner import EvalResult, evaluate_problems, score_completions
-from rlreason.evaluation.suites import Suite, load_suite_problems, resolve_benchmark, resolve_source
+from rlreason.evaluation.suites import Suite, SuiteError, load_suite_problems, resolve_benchmark, resolve_source
 from rlreason.types import Problem, SamplingParams
 
 __all__ = ["compare_command", "eval_command"]
@@ -36,7 +38,11 @@ def _suite(args: argparse.Namespace) -> Suite:
     if prompt:
         update["prompt"] = suite.prompt.model_copy(update=prompt)
     if grading:
-        update["grading"] = type(suite.grading).model_validate({**suite.grading.model_dump(), **grading})
+        try:
+            update["grading"] = type(suite.grading).model_validate({**suite.grading.model_dump(), **grading})
+        except ValidationError as e:
+            msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raise SuiteError(f"--grader / --grader-timeout: {msg}") from None
     if args.group_by is not None:
         update["group_by"] = [g for g in args.group_by.split(",") if g]
     return suite.model_copy(update=update) if update else suite
@@ -79,7 +85,7 @@ def _rescore(args: argparse.Namespace, suite: Suite, grader: Grader, everything:
 
 def _sample(args: argparse.Namespace, suite: Suite, grader: Grader, problems: list[Problem],
             progress: EvalProgress | None) -> tuple[EvalResult, dict[str, Any]]:
-    from rlreason.data.templates import encode_prompts
+    from rlreason.data.templates import encode_prompts, resolve_template
     from rlreason.evaluation.loading import load_eval_model
     from rlreason.rollout.engine import make_engine
 
@@ -99,7 +105,8 @@ def _sample(args: argparse.Namespace, suite: Suite, grader: Grader, problems: li
                                    grader=grader, group_by=suite.group_by, progress=progress,
                                    chunk_size=max(1, args.batch_size // args.n))
     info = {"model": args.model, "adapter": loaded.adapter, "base_model": loaded.base,
-            "tokenizer": loaded.tokenizer_source, "backend": args.backend}
+            "tokenizer": loaded.tokenizer_source, "backend": args.backend,
+            "template": resolve_template(loaded.tokenizer, p.template)}
     return result, info
 
 

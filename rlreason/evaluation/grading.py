@@ -10,7 +10,8 @@ problems must not die on one pathological sample: a grader that raises or times 
 marks that sample wrong and records the reason, and the run goes on. The caller counts
 those in ``grader_errors``, so a grader problem is visible, not silent.
 
-Majority voting needs to know which answers are "the same": ``1/2``, ``0.5`` and
+A sample votes for its extracted answer (the grader's fallback reading when there is none,
+so votes and grades agree). Majority voting needs to know which answers are "the same": ``1/2``, ``0.5`` and
 ``\\frac{1}{2}`` are one vote. Answers are clustered per problem, cheapest test first:
 identical after `normalize_answer`, then equal plain numbers, then
 `rlreason.rewards.answers_equivalent` (math-verify) against each cluster's first answer.
@@ -54,6 +55,19 @@ def _ws(text: str) -> str:
     return _WS_RE.sub(" ", text).strip()
 
 
+def _text_answer(completion: str, timeout_s: float) -> str | None:
+    """The answer math-verify reads from free text (the `math` reward's fallback), as a string."""
+    # The same extraction settings and timeout rule as rlreason.rewards.math's fallback, so a
+    # sample votes for exactly what it was graded on.
+    from math_verify import parse
+
+    from rlreason.rewards.math import _TEXT_CONFIG, _signal_timeout
+
+    parsed = parse(completion, extraction_config=_TEXT_CONFIG, parsing_timeout=_signal_timeout(timeout_s))
+    text = parsed[-1] if parsed and isinstance(parsed[-1], str) else None
+    return (text.strip() or None) if text else None
+
+
 class Grader:
     """Correctness and answer clustering for one benchmark.
 
@@ -75,13 +89,18 @@ class Grader:
 
     # ------------------------------------------------------------ one sample
     def answer(self, completion: str) -> str | None:
-        """The final answer the completion states (what it votes for), or None."""
+        """The final answer the completion states (what it votes for), or None.
+
+        `extract_answer` first. When it finds nothing, the vote falls back to what the
+        grader itself falls back to: the whole completion for exact_match, math-verify's
+        last expression in the text for math (so ``... = 42`` votes 42, as it is graded).
+        """
         try:
             found = extract_answer(completion)
+            if found is None:
+                found = (_ws(completion) or None) if self.exact else _text_answer(completion, self.timeout_s)
         except Exception:  # noqa: BLE001 - an extractor bug must not abort an evaluation
             found = None
-        if found is None and self.exact:  # exact_match grades the whole completion then
-            found = _ws(completion) or None
         return found
 
     def grade(self, completion: str, problem: Problem) -> tuple[bool, str | None]:

@@ -92,8 +92,11 @@ def load_eval_model(model: str, *, adapter: str | None = None, base_model: str |
 
     if tokenizer is None:
         tokenizer = str(adapter_dir) if adapter_dir is not None and _has_tokenizer(adapter_dir) else base
-    tok = load_tokenizer(tokenizer)
-    lm = load_causal_lm(base, ModelConfig(name_or_path=base, dtype=dtype))
+    try:
+        tok = load_tokenizer(tokenizer)
+        lm = load_causal_lm(base, ModelConfig(name_or_path=base, dtype=dtype))
+    except ValueError as e:
+        raise ValueError(f"--model {model}: {e}") from e
     if adapter_dir is not None:
         from peft import PeftModel
 

@@ -8,7 +8,7 @@ per-sample accuracy.
 
 maj@k is majority voting (self-consistency) over the FIRST k samples' final answers.
 Samples vote with an answer-cluster id (equivalent answers share one, see
-`rlreason.evaluation.grading`); samples with no answer abstain. The cluster with the most
+`rlreason.evaluation.grading`); samples with no readable answer abstain. The cluster with the most
 votes wins, ties go to the cluster that occurs first, and the problem counts as solved
 if the first sample of the winning cluster is correct. No votes at all is a miss.
 

@@ -162,7 +162,8 @@ def _explain(err: ValidationError, source: Path) -> SuiteError:
         elif e["type"] == "missing":
             lines.append(f"missing required key '{dotted}'")
         else:
-            lines.append(f"'{dotted}': {e['msg']} (got {e.get('input')!r:.120})")
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"'{dotted}': {msg} (got {e.get('input')!r:.120})")
     return SuiteError(f"{source}: invalid benchmark suite\n  " + "\n  ".join(lines))
 
 
@@ -218,7 +219,7 @@ def resolve_benchmark(spec: str, **data_file_fields: str | None) -> Suite:
         return data_file_suite(spec, **given)
     if given:
         flags = ", ".join(_FLAGS.get(k, k) for k in given)
-        raise SuiteError(f"--benchmark {spec}: {flags} only apply to a data file (.jsonl/.parquet); "
+        raise SuiteError(f"--benchmark {spec}: {flags} can only be used with a data file (.jsonl/.parquet); "
                          "a suite sets its fields in its YAML")
     if suffix in SUITE_SUFFIXES:
         return load_suite(spec)

@@ -36,7 +36,10 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
         drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set with mass >= top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # exponential race: argmax p_i / E_i with E_i ~ Exp(1) draws i with probability p_i;
+    # one fused pass where torch.multinomial costs several small kernels per row
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    tokens = (probs / noise).argmax(-1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -55,6 +58,7 @@ class HFEngine:
                  static_cache: bool = True):
         self.model = model
         self.static_cache = static_cache
+        self.compact_at = 0.75  # shrink the KV cache once a quarter of its rows finished
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -167,7 +171,7 @@ class HFEngine:
                 break
             pos = pos + 1
             alive = ~finished[rows]
-            if keep_rows is not None and int(alive.sum()) <= 0.75 * rows.numel():
+            if keep_rows is not None and int(alive.sum()) <= self.compact_at * rows.numel():
                 keep_rows(alive.nonzero().squeeze(-1))  # shrink the batch: less compute
                 rows = rows[alive]
             if rows.numel() == B:

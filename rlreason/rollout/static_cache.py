@@ -35,6 +35,21 @@ def supports(model, max_len: int) -> bool:
     return True
 
 
+def _rms(norm, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm as one fused op (float32); other dtypes use the module itself,
+    which upcasts to float32 the way the model defines."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None or x.dtype != torch.float32:
+        return norm(x)
+    return F.rms_norm(x, (x.size(-1),), norm.weight, eps)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in the half-split layout of Llama-family models; x [B, H, L, D]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
 class StaticCacheDecoder:
     """Holds K/V of every layer as [B, kv_heads, max_len, head_dim] buffers.
 
@@ -43,9 +58,6 @@ class StaticCacheDecoder:
     """
 
     def __init__(self, model, batch: int, max_len: int):
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        self.rope = apply_rotary_pos_emb
         base = _base(model)
         self.inner, self.lm_head = base.model, base.lm_head
         first = self.inner.layers[0].self_attn
@@ -58,6 +70,11 @@ class StaticCacheDecoder:
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=p.device)
         self.gqa = kv != base.config.num_attention_heads
         self.col = 0
+        # cos/sin for every position, computed once: a table lookup per step instead of
+        # the rotary module's half-dozen ops
+        all_pos = torch.arange(max_len, device=p.device)[None]
+        cos, sin = self.inner.rotary_emb(torch.zeros(1, dtype=p.dtype, device=p.device), all_pos)
+        self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop finished rows from the cache (rows: indices into the current batch)."""
@@ -90,21 +107,22 @@ class StaticCacheDecoder:
         mask = ((cols[None, :] <= qcol) & self.valid[:, None, :c1]) | (cols[None, :] == qcol)
         mask = mask[:, None]  # [B, 1, L, c1]
         h = self.inner.embed_tokens(ids)
-        cos, sin = self.inner.rotary_emb(h, pos)
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [B, 1, L, head_dim]
         for i, layer in enumerate(self.inner.layers):
             attn = layer.self_attn
-            x = layer.input_layernorm(h)
+            x = _rms(layer.input_layernorm, h)
             q = attn.q_proj(x).view(B, L, -1, self.head_dim)
             k = attn.k_proj(x).view(B, L, -1, self.head_dim)
             if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm per head before rotary
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
+                q, k = _rms(attn.q_norm, q), _rms(attn.k_norm, k)
+            n_q = q.size(2)
+            qk = _rope(torch.cat([q, k], dim=2).transpose(1, 2), cos, sin)  # one pass for both
+            q, k = qk[:, :n_q], qk[:, n_q:]
             v = attn.v_proj(x).view(B, L, -1, self.head_dim).transpose(1, 2)
-            q, k = self.rope(q, k, cos, sin)
             self.k[i][:, :, c0:c1] = k
             self.v[i][:, :, c0:c1] = v
             o = self._attend(q, self.k[i][:, :, :c1], self.v[i][:, :, :c1], mask, attn.scaling)
             h = h + attn.o_proj(o.transpose(1, 2).reshape(B, L, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + layer.mlp(_rms(layer.post_attention_layernorm, h))
         self.col = c1
-        return self.lm_head(self.inner.norm(h[:, -1]))
+        return self.lm_head(_rms(self.inner.norm, h[:, -1]))
