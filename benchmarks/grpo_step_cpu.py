@@ -125,7 +125,11 @@ def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int) -> dict:
         "rollout": {"backend": "hf", "temperature": 1.0, "top_p": 1.0,
                     "max_completion_length": MAX_COMPLETION_LENGTH},
         # loss_type: TRL 1.16's GRPOConfig default is "dapo"; adam/scheduler as TRL's defaults.
-        "algo": {"num_generations": NUM_GENERATIONS, "beta": 0.0, "loss_type": "dapo"},
+        # skip_zero_advantage off: the untrained model scores 0 on every sample, so every
+        # advantage is 0 and rlreason would (exactly) skip all training work; TRL does not,
+        # and the comparison is about the same work.
+        "algo": {"num_generations": NUM_GENERATIONS, "beta": 0.0, "loss_type": "dapo",
+                 "skip_zero_advantage": False},
         "train": {"output_dir": str(Path(work) / "rlreason_out"), "max_steps": steps,
                   "prompts_per_step": PROMPTS_PER_STEP, "micro_batch_size": 32,
                   "learning_rate": LEARNING_RATE, "lr_scheduler": "linear",

@@ -140,6 +140,10 @@ class AlgoConfig(_Section):
         "group", description="Divide advantages by the group std, the batch std, or not at all."
     )
     num_iterations: int = Field(1, ge=1, description="Optimisation passes per batch (mu).")
+    skip_zero_advantage: bool = Field(
+        True, description="Skip forward/backward of sequences whose advantage is 0 (exact when "
+        "beta is 0 and loss_type is not bnpo; single process)."
+    )
     mask_truncated_completions: bool = Field(
         False, description="Exclude completions that hit max_completion_length from the loss."
     )

@@ -69,12 +69,22 @@ def _collate(run: Run, mb: list[Sequence]) -> dict[str, Any]:
                    attn_implementation=attn, share_prompts=run.cfg.train.pack_shared_prompts)
 
 
+def _skippable(run: Run) -> bool:
+    """Sequences with advantage 0 contribute exactly zero gradient when there is no KL term
+    and the loss is normalised by step-level counts (not bnpo's per-micro-batch mean); one
+    process only, since a DDP rank that skips its backward would stall the others."""
+    a = run.cfg.algo
+    return (a.skip_zero_advantage and a.beta == 0 and a.loss_type != "bnpo"
+            and run.accelerator.num_processes == 1)
+
+
 def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
     """One optimizer step over all sequences, accumulated over micro-batches."""
     cfg, acc = run.cfg, run.accelerator
-    mbs = micro_batches(seqs, cfg.train.micro_batch_size, cfg.algo.num_generations)
     n_tokens = sum(len(s.completion) for s in seqs if not _masked(s, cfg))
-    sums: dict[str, float] = {}
+    trained = [s for s in seqs if s.advantage != 0.0] if _skippable(run) else seqs
+    mbs = micro_batches(trained, cfg.train.micro_batch_size, cfg.algo.num_generations)
+    sums: dict[str, float] = {"loss": 0.0, "frac_skipped": 1 - len(trained) / len(seqs)}
     run.model.train()
     for i, mb in enumerate(mbs):
         batch = _collate(run, mb)
@@ -95,13 +105,17 @@ def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
                 num_sequences=len(seqs), num_tokens=n_tokens, num_micro_batches=len(mbs),
                 max_completion_length=cfg.rollout.max_completion_length,
             )
-            loss, m = policy_loss(x, cfg.algo)
+            loss, m = policy_loss(x, cfg.algo)  # normalised by whole-step counts
             acc.backward(loss)
-        w = len(mb) / len(seqs)
-        m["loss"] = loss.item() / w  # the micro-batch's share of the step loss, rescaled
+        sums["loss"] += loss.item()
         m["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
+        w = len(mb) / len(trained)  # metrics: averages over the trained sequences
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + v * w
+    if not mbs:  # every advantage was 0: Adam still steps (momentum) on zero gradients
+        for p in run.model.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
     grad_norm = acc.clip_grad_norm_(run.model.parameters(), cfg.train.max_grad_norm)
     run.optimizer.step()
     run.scheduler.step()

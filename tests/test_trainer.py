@@ -141,3 +141,26 @@ def test_num_iterations_reuses_the_batch_with_stored_old_logprobs(tiny_recipe):
     # the last of 3 passes sees a policy moved by 2 optimizer steps: ratio != 1
     assert m["ratio"] != pytest.approx(1.0, abs=1e-6)
     assert run.scheduler.last_epoch == 3  # one optimizer/scheduler step per pass
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "gspo"])
+def test_skipping_zero_advantage_sequences_is_exact(tiny_recipe, loss_type):
+    """Same parameters after a step whether zero-advantage sequences are computed or not."""
+    from rlreason.trainer import optimize
+
+    results = []
+    for skip in (False, True):
+        run = build_run(tiny_recipe(f"algo.loss_type={loss_type}",
+                                    f"algo.skip_zero_advantage={str(skip).lower()}"),
+                        log=lambda s: None)
+        probs = run.train_data.take(4)
+        comps = rollout(run, probs, 4, SamplingParams(temperature=1.0, max_tokens=6, seed=1))
+        advs = [0.0] * 8 + [1.0, -1.0, 0.5, -0.5] + [0.0] * 4  # two groups all-equal
+        seqs = [Sequence(c.prompt_token_ids, c.token_ids, a, False) for c, a in zip(comps, advs)]
+        m = optimize(run, seqs)
+        results.append((m, {k: v.detach().clone() for k, v in run.policy.named_parameters()}))
+    (m0, p0), (m1, p1) = results
+    assert m0["frac_skipped"] == 0.0 and m1["frac_skipped"] == 0.75
+    assert m0["loss"] == pytest.approx(m1["loss"], abs=1e-7)
+    for k in p0:
+        assert torch.allclose(p0[k], p1[k], atol=1e-7), k

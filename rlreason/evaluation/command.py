@@ -8,6 +8,7 @@ lives in the modules it calls, so the same path serves a trainer (see `runner`).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -68,6 +69,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise ValueError(f"need --temperature >= 0 and 0 < --top-p <= 1, got {args.temperature}, {args.top_p}")
+    if args.model and args.temperature == 0 and args.n > 1:
+        print(f"warning: --temperature 0 is greedy: the {args.n} samples of each problem will be identical",
+              file=sys.stderr)
 
 
 def _rescore(args: argparse.Namespace, suite: Suite, grader: Grader, everything: list[Problem],
@@ -106,7 +110,7 @@ def _sample(args: argparse.Namespace, suite: Suite, grader: Grader, problems: li
                                    chunk_size=max(1, args.batch_size // args.n))
     info = {"model": args.model, "adapter": loaded.adapter, "base_model": loaded.base,
             "tokenizer": loaded.tokenizer_source, "backend": args.backend,
-            "template": resolve_template(loaded.tokenizer, p.template)}
+            "template": resolve_template(loaded.tokenizer, p.template)}  # what "auto" became
     return result, info
 
 
@@ -141,7 +145,7 @@ def eval_command(args: argparse.Namespace) -> int:
     else:
         result, info = _sample(args, suite, grader, problems, progress)
         sampling = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-                    "seed": args.seed, "batch_size": args.batch_size, "template": suite.prompt.template}
+                    "seed": args.seed, "batch_size": args.batch_size, "template": info.pop("template")}
     summary = {
         "benchmark": suite.name,
         **info,

@@ -85,7 +85,7 @@ def results_markdown(summary: dict[str, Any]) -> str:
     metrics = summary.get("metrics", {})
     n = summary.get("n")
     sampling = summary.get("sampling") or {}
-    settings = f"{summary.get('n_problems')} problems x {n} samples"
+    settings = f"{summary.get('n_problems')} problems x {n} sample{'' if n == 1 else 's'}"
     if sampling:
         settings += f", temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, " \
                     f"max_new_tokens {sampling.get('max_new_tokens')}"
