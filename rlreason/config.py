@@ -152,6 +152,7 @@ class AlgoConfig(_Section):
 class EvalConfig(_Section):
     every_steps: int = Field(0, ge=0, description="Evaluate every N steps (0: only at start/end).")
     num_problems: int = Field(128, ge=0, description="Held-out problems per evaluation.")
+    n: int = Field(1, ge=1, description="Samples per problem (pass@k and maj@k for k <= n).")
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding.")
     max_new_tokens: int | None = Field(None, gt=0, description="Default: max_completion_length.")
 

@@ -221,22 +221,27 @@ def _attach_fixed_logprobs(run: Run, seqs: list[Sequence]) -> None:
 
 
 def evaluate(run: Run) -> dict[str, float]:
-    """Held-out accuracy: one completion per problem (greedy unless eval.temperature > 0)."""
+    """Held-out metrics through the same code path as `rlreason eval`: `eval.n` samples per
+    problem (greedy when eval.temperature is 0), graded by the first reward."""
+    from .evaluation.grading import Grader
+    from .evaluation.runner import evaluate_problems
+
     cfg = run.cfg
     problems = run.eval_problems[: cfg.eval.num_problems]
     if not problems:
         return {}
+    if "grader" not in run.extra:
+        spec = cfg.rewards[0]
+        run.extra["grader"] = Grader(spec.name, timeout_s=spec.timeout_s)
     sampling = SamplingParams(temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
                               max_tokens=cfg.eval.max_new_tokens
                               or cfg.rollout.max_completion_length)
-    state = run.engine.rng_state()  # evaluation must not shift the training sampler
-    completions = rollout(run, problems, 1, sampling)
-    run.engine.set_rng_state(state)
-    total, raw = compute_rewards([c.text for c in completions], problems, run.rewards)
-    first = raw[run.rewards[0][0].name]
-    return {"eval/accuracy": sum(1.0 for v in first if v >= 1.0) / len(first),
-            "eval/reward": sum(total) / len(total),
-            "eval/completion_length": sum(len(c.token_ids) for c in completions) / len(first)}
+    res = evaluate_problems(run.engine, run.tokenizer, problems, run.encode, n=cfg.eval.n,
+                            sampling=sampling, grader=run.extra["grader"], preserve_rng=True)
+    out = {f"eval/{k}": v for k, v in res.metrics.items()}
+    out["eval/accuracy"] = res.metrics["pass@1"]
+    out["eval/completion_length"] = (res.generation or {}).get("mean_completion_tokens", 0.0)
+    return out
 
 
 # ---------------------------------------------------------------- setup and loop

@@ -57,13 +57,9 @@ def _ws(text: str) -> str:
 
 def _text_answer(completion: str, timeout_s: float) -> str | None:
     """The answer math-verify reads from free text (the `math` reward's fallback), as a string."""
-    # The same extraction settings and timeout rule as rlreason.rewards.math's fallback, so a
-    # sample votes for exactly what it was graded on.
-    from math_verify import parse
+    from rlreason.rewards.math import parse_free_text
 
-    from rlreason.rewards.math import _TEXT_CONFIG, _signal_timeout
-
-    parsed = parse(completion, extraction_config=_TEXT_CONFIG, parsing_timeout=_signal_timeout(timeout_s))
+    parsed = parse_free_text(completion, timeout_s)
     text = parsed[-1] if parsed and isinstance(parsed[-1], str) else None
     return (text.strip() or None) if text else None
 

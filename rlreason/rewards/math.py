@@ -109,6 +109,13 @@ def gold_answer(answer: str) -> str:
     return gsm8k_gold(answer) if "####" in answer else answer.strip()
 
 
+def parse_free_text(completion: str, timeout_s: float = 5.0) -> list:
+    """math-verify's reading of free text (its last boxed or trailing expression): the
+    fallback when a completion follows no answer convention. Graders and majority voting
+    both use it, so a sample votes for exactly what it was graded on."""
+    return parse(completion, extraction_config=_TEXT_CONFIG, parsing_timeout=_signal_timeout(timeout_s))
+
+
 @register_reward("math")
 def math_reward(completion: str, problem: Problem, *, timeout_s: float = 5.0) -> float:
     """1.0 if the completion's final answer equals ``problem.answer`` mathematically, else 0.0.
@@ -122,7 +129,7 @@ def math_reward(completion: str, problem: Problem, *, timeout_s: float = 5.0) ->
     if pred is not None:
         return 1.0 if math_equal(pred, gold, timeout_s=timeout_s) else 0.0
     timeout = _signal_timeout(timeout_s)
-    pred_parsed = parse(completion, extraction_config=_TEXT_CONFIG, parsing_timeout=timeout)
+    pred_parsed = parse_free_text(completion, timeout_s)
     gold_parsed = _parse_answer(gold, timeout)
     if not pred_parsed or not gold_parsed:
         return 0.0
