@@ -71,43 +71,53 @@ def collate(seqs: list[Sequence], pad_id: int, device, *, pack: bool = False,
             "completion_mask": _completion_mask(seqs, T).to(device), "prompt_len": P}
 
 
-def _units(seqs: list[Sequence], share_prompts: bool) -> list[tuple[list[int], list[int]]]:
-    """(prompt, member sequence indices): completions of one prompt share its tokens."""
+def _first_fit(sizes: list[int], capacity: int) -> list[list[int]]:
+    """First-fit-decreasing bin packing: indices of `sizes` grouped into bins <= capacity."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        b = next((b for b, f in enumerate(free) if f >= sizes[i]), None)
+        if b is None:
+            bins.append([])
+            free.append(capacity)
+            b = len(bins) - 1
+        bins[b].append(i)
+        free[b] -= sizes[i]
+    return bins
+
+
+def _units(seqs: list[Sequence], share_prompts: bool, capacity: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt, member sequence indices). Sharing, a prompt's completions are split into
+    units that each fit in `capacity` tokens with one copy of the prompt."""
     if not share_prompts:
         return [(s.prompt, [i]) for i, s in enumerate(seqs)]
-    units: dict[tuple[int, ...], list[int]] = {}
+    groups: dict[tuple[int, ...], list[int]] = {}
     for i, s in enumerate(seqs):
-        units.setdefault(tuple(s.prompt), []).append(i)
-    return [(list(p), members) for p, members in units.items()]
+        groups.setdefault(tuple(s.prompt), []).append(i)
+    units = []
+    for prompt, members in groups.items():
+        sizes = [len(seqs[i].completion) for i in members]
+        for b in _first_fit(sizes, capacity - len(prompt)):
+            units.append((list(prompt), [members[j] for j in b]))
+    return units
 
 
 def _packed(seqs: list[Sequence], pad_id: int, device, T: int, attn_impl: str,
             share_prompts: bool) -> dict[str, Any]:
     """Pack units (a prompt and its completions) first-fit-decreasing into rows.
 
-    With `share_prompts` (sdpa only), the G completions of a prompt share one copy of the
-    prompt: each completion attends to the prompt and to itself, with positions continuing
-    after the prompt, exactly what it saw when sampled. That saves (G-1) prompt copies but
-    makes rows G times longer, and the dense mask costs attention quadratic in the row
-    length: it pays when prompts are long next to completions (measured on
-    benchmarks/grpo_step_cpu.py, 7-token prompts and ~33-token completions: 0.40 s per
-    step shared vs 0.30 s not). Flash-attention separates sequences by position-id resets
+    Rows are as long as the longest sequence. With `share_prompts` (sdpa only), completions
+    of one prompt that fit together in a row share one copy of the prompt: each attends to
+    the prompt and to itself, with positions continuing after the prompt, exactly what it
+    saw when sampled. Rows never grow for it (a first version put all G completions behind
+    one prompt: rows G times longer, and the dense mask's quadratic attention cost more than
+    the saved prompt tokens). Flash-attention separates sequences by position-id resets
     only, so there each sequence always carries its own prompt.
     """
     share = share_prompts and attn_impl == "sdpa"
-    units = _units(seqs, share)
-    sizes = [len(p) + sum(len(seqs[i].completion) for i in m) for p, m in units]
-    C = max(sizes)
-    rows: list[list[int]] = []  # unit indices per row
-    free: list[int] = []
-    for u in sorted(range(len(units)), key=lambda u: -sizes[u]):
-        r = next((r for r, f in enumerate(free) if f >= sizes[u]), None)
-        if r is None:
-            rows.append([])
-            free.append(C)
-            r = len(rows) - 1
-        rows[r].append(u)
-        free[r] -= sizes[u]
+    C = max(len(s.prompt) + len(s.completion) for s in seqs)  # no row is longer than this
+    units = _units(seqs, share, C)
+    rows = _first_fit([len(p) + sum(len(seqs[i].completion) for i in m) for p, m in units], C)
     ids = torch.full((len(rows), C), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), C), dtype=torch.long)
     uid = torch.full((len(rows), C), -1, dtype=torch.long)  # unit of each column

@@ -167,8 +167,8 @@ class TrainConfig(_Section):
         "flash-attention): compute only on real tokens."
     )
     pack_shared_prompts: bool = Field(
-        False, description="With packing and sdpa, a prompt's completions share one copy of it "
-        "(pays off for long prompts and short completions)."
+        True, description="With packing and sdpa, completions of one prompt that fit in a row share "
+        "one copy of it."
     )
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
