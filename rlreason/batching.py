@@ -30,6 +30,7 @@ class Sequence:
     truncated: bool
     old_logp: torch.Tensor | None = None  # [T] when num_iterations > 1
     ref_logp: torch.Tensor | None = None  # [T] when beta > 0
+    sampler_logp: list[float] | None = None  # what the rollout engine reported
 
 
 def micro_batches(seqs: list[Sequence], size: int, group_size: int = 1) -> list[list[Sequence]]:

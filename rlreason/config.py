@@ -125,6 +125,14 @@ class RolloutConfig(_Section):
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="GPU memory fraction for a colocated vLLM engine."
     )
+    vllm_sleep_mode: bool = Field(
+        False, description="Free vLLM's GPU memory while the trainer runs (vLLM sleep mode)."
+    )
+    vllm_dtype: str = Field("auto", description="vLLM weight dtype (auto, bfloat16, float32).")
+    vllm_max_model_len: int | None = Field(
+        None, gt=0, description="vLLM context length (default: max prompt + completion length)."
+    )
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
 
 
 class AlgoConfig(_Section):
@@ -143,6 +151,13 @@ class AlgoConfig(_Section):
     skip_zero_advantage: bool = Field(
         True, description="Skip forward/backward of sequences whose advantage is 0 (exact when "
         "beta is 0 and loss_type is not bnpo; single process)."
+    )
+    importance_sampling: Literal["none", "token", "sequence"] = Field(
+        "token", description="Truncated importance-sampling correction for sampler/trainer "
+        "log-prob mismatch (vLLM), per token or per sequence."
+    )
+    importance_sampling_cap: float = Field(
+        2.0, gt=0, description="Upper bound of the importance weight pi_trainer / pi_sampler."
     )
     mask_truncated_completions: bool = Field(
         False, description="Exclude completions that hit max_completion_length from the loss."

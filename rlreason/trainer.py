@@ -46,6 +46,7 @@ class Run:
     logger: MetricsLogger | None = None
     step: int = 0
     model_path: str = ""
+    weights_stale: bool = True  # the engine has not seen the policy's current weights
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,8 +100,9 @@ def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
                    if mb[0].old_logp is not None else logp.detach())
             ref = (torch.stack([_pad(s.ref_logp, T) for s in mb])
                    if mb[0].ref_logp is not None else None)
+            is_w, mm = _importance_weights(cfg, mb, old, mask)
             x = LossInputs(
-                logp=logp, old_logp=old, ref_logp=ref, mask=mask,
+                logp=logp, old_logp=old, ref_logp=ref, mask=mask, is_weights=is_w,
                 advantages=torch.tensor([s.advantage for s in mb], device=acc.device),
                 num_sequences=len(seqs), num_tokens=n_tokens, num_micro_batches=len(mbs),
                 max_completion_length=cfg.rollout.max_completion_length,
@@ -108,6 +110,7 @@ def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
             loss, m = policy_loss(x, cfg.algo)  # normalised by whole-step counts
             acc.backward(loss)
         sums["loss"] += loss.item()
+        m.update(mm)
         m["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
         w = len(mb) / len(trained)  # metrics: averages over the trained sequences
         for k, v in m.items():
@@ -122,6 +125,32 @@ def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
     run.optimizer.zero_grad(set_to_none=True)
     sums["grad_norm"] = float(grad_norm)
     return sums
+
+
+def _importance_weights(cfg: RecipeConfig, mb: list[Sequence], old: torch.Tensor,
+                        mask: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """Truncated importance weights min(pi_trainer / pi_sampler, cap), and mismatch metrics.
+
+    The sampler (vLLM: other kernels, maybe another dtype) and the trainer disagree a little
+    on log-probs; the loss is an expectation under the trainer's policy, so samples are
+    reweighted by the ratio, truncated at `importance_sampling_cap` to bound the variance.
+    old [B,T]: the trainer's log-probs of the sampled tokens before this step's update.
+    """
+    if any(s.sampler_logp is None for s in mb):
+        return None, {}
+    T = old.size(1)
+    sampler = torch.stack([_pad(torch.tensor(s.sampler_logp, dtype=old.dtype), T) for s in mb])
+    delta = (old.detach() - sampler.to(old.device)) * mask  # log(pi_trainer / pi_sampler)
+    n = mask.sum().clamp(min=1)
+    metrics = {"logprob_diff_mean": float(delta.abs().sum() / n),
+               "logprob_diff_max": float(delta.abs().max())}
+    mode = cfg.algo.importance_sampling
+    if mode == "none":
+        return None, metrics
+    log_w = delta if mode == "token" else delta.sum(-1, keepdim=True).expand_as(delta)
+    w = torch.exp(log_w).clamp(max=cfg.algo.importance_sampling_cap) * mask
+    metrics["is_weight_mean"] = float(w.sum() / n)
+    return w, metrics
 
 
 def _masked(s: Sequence, cfg: RecipeConfig) -> bool:
@@ -151,6 +180,20 @@ def rollout(run: Run, problems: list[Problem], n: int, sampling: SamplingParams)
     return flat
 
 
+def sync_weights(run: Run) -> None:
+    """Push the policy's current weights to the engine if it does not share the module:
+    the LoRA adapter alone (through a RAM-backed folder), or every weight as tensors."""
+    if run.engine.shares_module or not run.weights_stale:
+        return
+    policy = run.policy
+    if run.cfg.model.lora.enabled:
+        policy.save_pretrained(run.engine.adapter_dir())
+        run.engine.load_adapter(run.engine.adapter_dir())
+    else:
+        run.engine.update_weights((n, p.detach()) for n, p in policy.named_parameters())
+    run.weights_stale = False
+
+
 def rl_step(run: Run) -> dict[str, float]:
     """One GRPO step. Returns the step's metrics."""
     cfg = run.cfg
@@ -160,7 +203,9 @@ def rl_step(run: Run) -> dict[str, float]:
     problems = run.train_data.take(cfg.train.prompts_per_step)            # data
     sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               max_tokens=cfg.rollout.max_completion_length)
+    sync_weights(run)                                                     # weight sync
     completions = rollout(run, problems, G, sampling)                     # rollout
+    run.engine.sleep()  # vLLM sleep mode: hand its memory to the trainer until next rollout
     t_gen = time.perf_counter() - t0
 
     repeated = [p for p in problems for _ in range(G)]
@@ -169,15 +214,15 @@ def rl_step(run: Run) -> dict[str, float]:
     adv = group_advantages(rewards_t, G, cfg.algo.scale_rewards)          # advantages [B*G]
 
     seqs = [Sequence(prompt=c.prompt_token_ids, completion=c.token_ids,
-                     advantage=float(a), truncated=c.finish_reason == "length")
+                     advantage=float(a), truncated=c.finish_reason == "length",
+                     sampler_logp=c.logprobs if sampling.temperature > 0 else None)
             for c, a in zip(completions, adv.tolist())]
     if cfg.algo.num_iterations > 1 or cfg.algo.beta > 0:                  # logprobs
         _attach_fixed_logprobs(run, seqs)
     metrics: dict[str, float] = {}
     for _ in range(cfg.algo.num_iterations):                              # loss + step
         metrics = optimize(run, seqs)
-    run.engine.wake()                                                     # weight sync
-    # hf engine: shares the trainer's module, nothing to copy; vLLM pushes tensors here.
+    run.weights_stale = True      # the engine syncs right before it samples next (sync_weights)
 
     dt = time.perf_counter() - t0
     n_tok = sum(len(c.token_ids) for c in completions)
@@ -230,6 +275,7 @@ def evaluate(run: Run) -> dict[str, float]:
     problems = run.eval_problems[: cfg.eval.num_problems]
     if not problems:
         return {}
+    sync_weights(run)
     if "grader" not in run.extra:
         spec = cfg.rewards[0]
         run.extra["grader"] = Grader(spec.name, timeout_s=spec.timeout_s)
@@ -339,8 +385,9 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
                                   weight_decay=cfg.train.weight_decay)
     scheduler = make_scheduler(optimizer, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
-    engine = make_engine(cfg.rollout.backend, accelerator.unwrap_model(model), tok,
-                         batch_size=cfg.rollout.batch_size, seed=cfg.train.seed)
+    engine = make_engine(cfg.rollout, accelerator.unwrap_model(model), tok, model_path=path,
+                         seed=cfg.train.seed, max_prompt_length=d.max_prompt_length,
+                         lora_rank=cfg.model.lora.r if cfg.model.lora.enabled else None)
     return Run(cfg=cfg, accelerator=accelerator, model=model, tokenizer=tok, engine=engine,
                optimizer=optimizer, scheduler=scheduler,
                train_data=ProblemStream(train, cfg.train.seed), eval_problems=held,
@@ -370,6 +417,7 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
         run.train_data.load_state_dict(state["data"])
         run.engine.set_rng_state(rng["sampler"])
         run.step = state["step"]
+        run.weights_stale = True
         log(f"resumed from {ckpt} at step {run.step}")
     is_main = run.accelerator.is_main_process
     run.logger = MetricsLogger(out, cfg.train.max_steps, start_step=run.step,

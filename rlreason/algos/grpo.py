@@ -66,6 +66,7 @@ class LossInputs:
     advantages: torch.Tensor
     mask: torch.Tensor
     ref_logp: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None  # [B,T] truncated importance weights (sampler)
     num_sequences: int = 0
     num_tokens: int = 0
     num_micro_batches: int = 1
@@ -117,6 +118,8 @@ def _token_loss(x: LossInputs, cfg):
     ratio = torch.exp(x.logp - x.old_logp)
     eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
     per_tok, low, high = _clipped_terms(ratio, x.advantages[:, None], cfg.epsilon, eps_high)
+    if x.is_weights is not None:
+        per_tok = per_tok * x.is_weights
     kl = None
     if cfg.beta > 0 and x.ref_logp is not None:
         kl = kl_penalty(x.logp, x.ref_logp, cfg.kl_estimator)
@@ -157,6 +160,8 @@ def gspo_loss(x: LossInputs, cfg):
     ratio = torch.exp(log_s)
     eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
     seq, low, high = _clipped_terms(ratio, x.advantages, cfg.epsilon, eps_high)
+    if x.is_weights is not None:
+        seq = seq * (x.is_weights * x.mask).sum(-1) / n_tok
     kl = None
     if cfg.beta > 0 and x.ref_logp is not None:
         kl = kl_penalty(x.logp, x.ref_logp, cfg.kl_estimator)

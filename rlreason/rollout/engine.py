@@ -44,19 +44,22 @@ class RolloutEngine(Protocol):
     def set_rng_state(self, state: Any) -> None: ...
 
 
-def make_engine(backend: str, model, tokenizer, *, batch_size: int, seed: int, **kwargs):
-    """Build the engine a recipe asks for."""
-    if backend == "hf":
+def make_engine(cfg, model, tokenizer, *, model_path: str, seed: int, max_prompt_length: int,
+                lora_rank: int | None = None):
+    """The engine a recipe's `rollout` section asks for. `model` is the trainer's module
+    (shared in-process by the hf backend); vLLM starts from `model_path`."""
+    if cfg.backend == "hf":
         from .hf import HFEngine
 
-        return HFEngine(model, tokenizer, batch_size=batch_size, seed=seed)
-    if backend == "vllm":
-        try:
-            import vllm  # noqa: F401
-        except ImportError as e:
-            raise RuntimeError(
-                "rollout.backend: vllm is not installed; `pip install \"rlreason[gpu]\"` "
-                "(GPU) or use rollout.backend=hf"
-            ) from e
-        raise NotImplementedError("rollout.backend=vllm: the vLLM engine is not built yet")
-    raise ValueError(f"rollout.backend: unknown backend {backend!r}; expected hf or vllm")
+        return HFEngine(model, tokenizer, batch_size=cfg.batch_size, seed=seed)
+    if cfg.backend == "vllm":
+        from .vllm import VLLMEngine
+
+        return VLLMEngine(
+            model_path, tokenizer, seed=seed,
+            max_model_len=cfg.vllm_max_model_len or max_prompt_length + cfg.max_completion_length,
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, dtype=cfg.vllm_dtype,
+            enable_lora=lora_rank is not None, max_lora_rank=lora_rank or 16,
+            sleep_mode=cfg.vllm_sleep_mode, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        )
+    raise ValueError(f"rollout.backend: unknown backend {cfg.backend!r}; expected hf or vllm")

@@ -54,6 +54,7 @@ def eval_mode(model):
 
 
 class HFEngine:
+    shares_module = True  # samples from the trainer's own module: nothing to push
     def __init__(self, model, tokenizer, *, batch_size: int = 256, seed: int = 0,
                  static_cache: bool = True):
         self.model = model

@@ -1,0 +1,56 @@
+"""The vLLM engine's own logic, tested with or without vLLM installed."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rlreason.rollout.vllm import chunked, lora_rank_slot, parse_output, sampling_kwargs, vllm_weight_names
+from rlreason.types import SamplingParams
+
+
+def test_sampling_kwargs_ask_for_the_sampled_tokens_logprob():
+    kw = sampling_kwargs(SamplingParams(temperature=0.7, top_p=0.9, max_tokens=12,
+                                        stop_token_ids=(5,)), n=4, seed=3)
+    assert kw == dict(n=4, temperature=0.7, top_p=0.9, max_tokens=12, logprobs=0, seed=3,
+                      stop_token_ids=[5])
+
+
+def test_parse_output_reads_tokens_logprobs_and_finish_reason():
+    lp = lambda v: SimpleNamespace(logprob=v)  # noqa: E731
+    sample = SimpleNamespace(token_ids=[7, 8, 2], finish_reason="stop",
+                             logprobs=[{7: lp(-0.5)}, {8: lp(-1.0), 9: lp(-2.0)}, {2: lp(-0.1)}])
+    c = parse_output([1, 2], sample)
+    assert c.token_ids == [7, 8, 2] and c.logprobs == [-0.5, -1.0, -0.1]
+    assert c.finish_reason == "stop" and c.prompt_token_ids == [1, 2]
+    c = parse_output([1], SimpleNamespace(token_ids=[4], finish_reason="length", logprobs=None))
+    assert c.finish_reason == "length" and c.logprobs == [0.0]
+
+
+def test_weight_names_undo_peft_drop_lora_and_send_the_tied_head():
+    t = torch.zeros(1)
+    named = [("base_model.model.model.embed_tokens.weight", t),
+             ("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight", t),
+             ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight", t),
+             ("base_model.model.model.norm.weight", t)]
+    out = [n for n, _ in vllm_weight_names(named, tie_word_embeddings=True)]
+    assert out == ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+                   "model.norm.weight", "lm_head.weight"]
+    out = [n for n, _ in vllm_weight_names(named, tie_word_embeddings=False)]
+    assert "lm_head.weight" not in out
+
+
+def test_chunks_are_bounded_in_bytes():
+    named = [(f"w{i}", torch.zeros(n)) for i, n in enumerate([10, 10, 30, 5, 100])]  # float32
+    chunks = list(chunked(named, max_bytes=80))
+    assert [[n for n, _ in c] for c in chunks] == [["w0", "w1"], ["w2"], ["w3"], ["w4"]]
+    assert sum(len(c) for c in chunks) == len(named)
+
+
+
+
+def test_lora_rank_rounds_up_to_a_rank_vllm_serves():
+    assert [lora_rank_slot(r) for r in (1, 4, 8, 9, 300)] == [1, 8, 8, 16, 320]
+    with pytest.raises(ValueError, match="model.lora.r"):
+        lora_rank_slot(1024)
