@@ -46,6 +46,12 @@ class TinyModelConfig(_Section):
     warmstart_batch_size: int = Field(64, gt=0, description="Sequences per warm-start step.")
     warmstart_lr: float = Field(1e-3, gt=0, description="Warm-start learning rate.")
     seed: int = Field(0, description="Seed of the initialisation and the warm-start data.")
+    warmstart_difficulty: int | None = Field(
+        None, ge=1, description="Warm-start level (default: data.synthetic.difficulty)."
+    )
+    warmstart_min_difficulty: int | None = Field(
+        None, ge=1, description="Lowest warm-start level (default: data.synthetic.min_difficulty)."
+    )
 
 
 class ModelConfig(_Section):
@@ -164,6 +170,43 @@ class AlgoConfig(_Section):
     )
 
 
+class GuidanceConfig(_Section):
+    """Guided exploration (POPE) on problems the policy never solves."""
+
+    enabled: bool = Field(False, description="Guide hard problems with oracle-solution prefixes.")
+    probe_k: int = Field(8, ge=1, description="Samples per problem when probing hardness.")
+    probe_limit: int | None = Field(None, gt=0, description="Probe only the first N problems.")
+    hardness_file: str | None = Field(
+        None, description="Reuse an earlier run's hardness.json instead of probing."
+    )
+    prefix_mode: Literal["search", "fixed"] = Field(
+        "search", description="Shortest working rung of `ladder`, or always fixed_fraction."
+    )
+    ladder: list[float] = Field(
+        [0.125, 0.25], description="Prefix lengths tried, as fractions of the oracle solution."
+    )
+    fixed_fraction: float = Field(0.25, gt=0, le=1, description="Prefix length in fixed mode.")
+    prefix_unit: Literal["tokens", "steps", "sentences"] = Field(
+        "tokens", description="What the fractions count: tokens, lines, or sentences."
+    )
+    probe_samples: int = Field(4, ge=1, description="Samples per ladder rung in the search.")
+    guided_ratio: float = Field(
+        0.5, ge=0, le=1, description="Fraction of a batch's prompts that are guided hard problems."
+    )
+    style: Literal["prefill", "instruct"] = Field(
+        "prefill", description="Hint as the start of the answer, or inside the user turn."
+    )
+    instruct_template: str = Field(
+        "Here is a problem and the beginning of a solution. Study the partial solution, then "
+        "continue from where it ends, reasoning step by step, and put the final answer in "
+        "\\boxed{}.\n\nProblem: {prompt}\n\nPartial solution: {hint}",
+        description="User turn for style=instruct ({prompt}, {hint}).",
+    )
+    refresh: bool = Field(
+        True, description="Stop guiding a problem once its unguided group earns a reward."
+    )
+
+
 class EvalConfig(_Section):
     every_steps: int = Field(0, ge=0, description="Evaluate every N steps (0: only at start/end).")
     num_problems: int = Field(128, ge=0, description="Held-out problems per evaluation.")
@@ -225,6 +268,7 @@ class RecipeConfig(_Section):
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    guidance: GuidanceConfig = Field(default_factory=GuidanceConfig)
 
 
 # ---------------------------------------------------------------- loading

@@ -24,6 +24,7 @@ from .data.stream import ProblemStream
 from .logger import MetricsLogger, plot_rewards
 from .rewards import RewardFunction, compute_rewards
 from .rollout.engine import make_engine
+from .rollout.guidance import encode_guided, scored_text
 from .types import Completion, Problem, SamplingParams
 
 # ---------------------------------------------------------------- the run
@@ -47,6 +48,8 @@ class Run:
     step: int = 0
     model_path: str = ""
     weights_stale: bool = True  # the engine has not seen the policy's current weights
+    guide: Any = None  # rollout.guidance.Guide when guidance is enabled
+    problems_by_id: dict[str, Problem] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -171,13 +174,55 @@ class _nullcontext:
 
 def rollout(run: Run, problems: list[Problem], n: int, sampling: SamplingParams):
     """Prompt tokens -> completions (grouped per prompt) and their decoded texts."""
-    prompts = [run.encode(p) for p in problems]
+    prompts = [encode_guided(p, run.encode, run.tokenizer) for p in problems]
     groups: list[list[Completion]] = run.engine.generate(prompts, n, sampling)
     flat = [c for g in groups for c in g]
     texts = run.tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
     for c, t in zip(flat, texts):
         c.text = t
     return flat
+
+
+def _guidance_metrics(run: Run, problems: list[Problem], rewards: list[float], G: int):
+    run.guide.refresh(problems, rewards, G)
+    g = [r for i, r in enumerate(rewards) if problems[i // G].metadata.get("guided")]
+    u = [r for i, r in enumerate(rewards) if not problems[i // G].metadata.get("guided")]
+    return {"guided/frac_prompts": len(g) / len(rewards),
+            "guided/reward": sum(g) / len(g) if g else None,
+            "guided/unguided_reward": sum(u) / len(u) if u else None,
+            "guided/pool": len(run.guide.pool),
+            "guided/solved_unguided": len(run.guide.solved)}
+
+
+def setup_guidance(run: Run, out: Path, log: Callable[[str], None]) -> None:
+    """Probe hardness (or read earlier verdicts) and build the guided pool."""
+    from .rollout import guidance as gd
+
+    g = run.cfg.guidance
+    run.problems_by_id = {p.id: p for p in run.train_data.problems}
+    saved = out / "hardness.json"
+    source = g.hardness_file or (str(saved) if run.cfg.train.resume_from and saved.is_file() else None)
+    if source:
+        verdicts, hints = gd.read_verdicts(source)
+    else:
+        problems = run.train_data.problems[: g.probe_limit]
+        sampling = gd.sampling_for_probe(run.cfg.rollout)
+        sync_weights(run)
+
+        def sample(probs: list[Problem], k: int) -> list[list[float]]:
+            comps = rollout(run, probs, k, sampling)
+            rep = [p for p in probs for _ in range(k)]
+            scores, _ = compute_rewards([scored_text(p, c.text) for p, c in zip(rep, comps)], rep,
+                                        run.rewards)
+            return [scores[i * k : (i + 1) * k] for i in range(len(probs))]
+
+        verdicts, hints = gd.probe(problems, sample, g, run.tokenizer)
+        gd.write_verdicts(saved, verdicts, hints)
+    hints = {pid: h for pid, h in hints.items() if pid in run.problems_by_id}
+    run.guide = gd.Guide(g, hints=hints, pool=sorted(hints), seed=run.cfg.train.seed)
+    works = sum(1 for pid in hints if verdicts[pid].get("hint_works"))
+    log(f"guidance: {len(hints)} of {len(verdicts)} probed problems are hard "
+        f"(0/{g.probe_k} correct); a hint reaches a reward on {works} of them")
 
 
 def sync_weights(run: Run) -> None:
@@ -200,7 +245,10 @@ def rl_step(run: Run) -> dict[str, float]:
     G = cfg.algo.num_generations
     t0 = time.perf_counter()
 
-    problems = run.train_data.take(cfg.train.prompts_per_step)            # data
+    P = cfg.train.prompts_per_step                                         # data
+    guided = run.guide.take(run.problems_by_id, round(cfg.guidance.guided_ratio * P)) \
+        if run.guide else []  # POPE: hinted versions of hard problems
+    problems = guided + run.train_data.take(P - len(guided))
     sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               max_tokens=cfg.rollout.max_completion_length)
     sync_weights(run)                                                     # weight sync
@@ -209,7 +257,8 @@ def rl_step(run: Run) -> dict[str, float]:
     t_gen = time.perf_counter() - t0
 
     repeated = [p for p in problems for _ in range(G)]
-    rewards, raw = compute_rewards([c.text for c in completions], repeated, run.rewards)
+    texts = [scored_text(p, c.text) for p, c in zip(repeated, completions)]  # hint counted
+    rewards, raw = compute_rewards(texts, repeated, run.rewards)
     rewards_t = torch.tensor(rewards)                                     # rewards [B*G]
     adv = group_advantages(rewards_t, G, cfg.algo.scale_rewards)          # advantages [B*G]
 
@@ -240,6 +289,8 @@ def rl_step(run: Run) -> dict[str, float]:
     })
     if len(raw) > 1:
         metrics.update({f"rewards/{k}": sum(v) / len(v) for k, v in raw.items()})
+    if run.guide is not None:
+        metrics.update(_guidance_metrics(run, problems, rewards, G))
     metrics.setdefault("kl", None)  # type: ignore[arg-type]
     return metrics
 
@@ -363,15 +414,16 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     if cfg.algo.beta > 0 and not cfg.model.lora.enabled:
         ref = load_reference(path, cfg.model).to(accelerator.device)
 
-    cache: dict[str, list[int]] = {}
+    cache: dict[tuple, list[int]] = {}
     d = cfg.data
 
     def encode(p: Problem) -> list[int]:
-        if p.id not in cache:
-            cache[p.id] = encode_prompts([p], tok, template=d.template,
-                                         system_prompt=d.system_prompt,
-                                         plain_template=d.plain_template)[0]
-        return cache[p.id]
+        key = (p.id, p.prompt)  # a guided `instruct` variant shares the id, not the prompt
+        if key not in cache:
+            cache[key] = encode_prompts([p], tok, template=d.template,
+                                        system_prompt=d.system_prompt,
+                                        plain_template=d.plain_template)[0]
+        return cache[key]
 
     too_long = [p for p in train if len(encode(p)) > d.max_prompt_length]
     if too_long:
@@ -398,7 +450,8 @@ def save(run: Run) -> Path:
     return save_checkpoint(
         run.cfg.train.output_dir, run.step, model=run.policy, tokenizer=run.tokenizer,
         optimizer=run.optimizer, scheduler=run.scheduler,
-        state={"data": run.train_data.state_dict(), "model_path": run.model_path},
+        state={"data": run.train_data.state_dict(), "model_path": run.model_path,
+               **({"guide": run.guide.state_dict()} if run.guide else {})},
         extra_rng={"sampler": run.engine.rng_state()}, keep=run.cfg.train.save_total_limit,
     )
 
@@ -410,6 +463,7 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     run = build_run(cfg, log=log)
+    state: dict[str, Any] = {}
     if cfg.train.resume_from:
         ckpt = resolve_checkpoint(out, cfg.train.resume_from)
         state, rng = load_checkpoint(ckpt, model=run.policy, optimizer=run.optimizer,
@@ -419,6 +473,10 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
         run.step = state["step"]
         run.weights_stale = True
         log(f"resumed from {ckpt} at step {run.step}")
+    if cfg.guidance.enabled:
+        setup_guidance(run, out, log)
+        if cfg.train.resume_from and "guide" in state:
+            run.guide.load_state_dict(state["guide"])
     is_main = run.accelerator.is_main_process
     run.logger = MetricsLogger(out, cfg.train.max_steps, start_step=run.step,
                                log_every=cfg.train.log_every, enabled=is_main)

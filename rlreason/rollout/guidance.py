@@ -1,0 +1,189 @@
+"""Guided exploration (POPE): oracle-solution prefixes as hints on problems never solved.
+
+On a problem where no sample of the policy is correct, every GRPO group has reward 0 and
+nothing is learned. POPE (Qu, Setlur et al. 2026, arXiv 2601.18779) rolls such problems out
+conditioned on a prefix of an oracle solution, given as prompt context and never trained
+on, and trains on guided and unguided versions side by side, so the behaviour learned
+with the hint transfers to the bare problem.
+
+Here:
+  * hardness is measured: a problem is hard when none of `probe_k` samples is correct;
+    verdicts go to `<output_dir>/hardness.json` and can be reused (`hardness_file`);
+  * the hint is the shortest rung of a ladder of prefix lengths (fractions of the oracle
+    solution in tokens, steps or sentences) under which a few samples reach a reward;
+    when no rung works, the longest is used (the paper leaves this open);
+  * the hint is appended to the prompt as the start of the answer (`style: prefill`, a
+    base model's natural continuation; for chat models the assistant turn begins with it),
+    or stated inside the user turn (`style: instruct`); its tokens are prompt tokens, so
+    they carry no loss;
+  * a batch holds `guided_ratio` guided prompts, the rest unguided; a hard problem whose
+    unguided group earns a reward leaves the guided pool.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from ..types import Problem, SamplingParams
+
+
+def solution_prefix(solution: str, fraction: float, unit: str, tokenizer=None) -> str:
+    """The first `fraction` of an oracle solution, cut at a token, step or sentence."""
+    if fraction <= 0:
+        return ""
+    if unit == "tokens":
+        ids = tokenizer(solution, add_special_tokens=False)["input_ids"]
+        n = max(1, round(len(ids) * fraction))
+        return tokenizer.decode(ids[:n])
+    if unit == "steps":
+        parts = solution.splitlines(keepends=True)
+    elif unit == "sentences":
+        parts = re.split(r"(?<=[.!?])\s+", solution)
+        parts = [p + " " for p in parts[:-1]] + parts[-1:]
+    else:
+        raise ValueError(f"guidance.prefix_unit: {unit!r}; expected tokens, steps or sentences")
+    n = max(1, round(len(parts) * fraction))
+    return "".join(parts[:n])
+
+
+@dataclasses.dataclass
+class Guide:
+    """The hard pool, each hard problem's hint, and what has been solved since."""
+
+    cfg: Any  # GuidanceConfig
+    hints: dict[str, str] = dataclasses.field(default_factory=dict)  # hard problem id -> hint
+    pool: list[str] = dataclasses.field(default_factory=list)  # ids still guided
+    solved: list[str] = dataclasses.field(default_factory=list)  # solved unguided since start
+    cursor: int = 0
+    seed: int = 0
+
+    # ------------------------------------------------------------ batches
+    def take(self, problems_by_id: dict[str, Problem], k: int) -> list[Problem]:
+        """k guided problems, cycling through the pool in a seeded order."""
+        if not self.pool or k == 0:
+            return []
+        out = []
+        order = sorted(self.pool)
+        random.Random(f"{self.seed}-{self.cursor // max(len(order), 1)}").shuffle(order)
+        for _ in range(k):
+            pid = order[self.cursor % len(order)]
+            self.cursor += 1
+            out.append(guided_problem(problems_by_id[pid], self.hints[pid], self.cfg))
+        return out
+
+    def refresh(self, problems: list[Problem], rewards: list[float], group: int) -> None:
+        """Drop from the pool the hard problems whose unguided group earned a reward."""
+        if not self.cfg.refresh:
+            return
+        pool = set(self.pool)
+        for i, p in enumerate(problems):
+            if p.metadata.get("guided") or p.id not in pool:
+                continue
+            if max(rewards[i * group : (i + 1) * group]) > 0:
+                pool.discard(p.id)
+                self.solved.append(p.id)
+        self.pool = [pid for pid in self.pool if pid in pool]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pool": self.pool, "solved": self.solved, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pool, self.solved, self.cursor = state["pool"], state["solved"], state["cursor"]
+
+
+def guided_problem(p: Problem, hint: str, cfg) -> Problem:
+    """The guided variant of `p`: same id and answer, the hint recorded in metadata."""
+    meta = {**p.metadata, "guided": True, "hint": hint}
+    if cfg.style == "instruct":
+        prompt = cfg.instruct_template.replace("{prompt}", p.question).replace("{hint}", hint)
+        meta["hint_in_prompt"] = True
+        return dataclasses.replace(p, prompt=prompt, messages=None, metadata=meta)
+    return dataclasses.replace(p, metadata=meta)
+
+
+def encode_guided(p: Problem, encode: Callable[[Problem], list[int]], tokenizer) -> list[int]:
+    """Prompt token ids of a (possibly guided) problem: with `prefill`, the hint's tokens
+    follow the prompt, as the beginning of the answer the model continues."""
+    ids = encode(p)
+    hint = p.metadata.get("hint") if p.metadata.get("guided") else None
+    if hint and not p.metadata.get("hint_in_prompt"):
+        ids = ids + tokenizer(hint, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def scored_text(p: Problem, completion: str) -> str:
+    """What the reward reads: the hint counts as part of the answer (it must be right)."""
+    if p.metadata.get("guided"):
+        return p.metadata["hint"] + completion
+    return completion
+
+
+# ---------------------------------------------------------------- probing
+
+
+def probe(problems: list[Problem], sample: Callable[[list[Problem], int], list[list[float]]],
+          cfg, tokenizer) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Hardness verdicts for every problem, and the hint of each hard one.
+
+    sample(problems, k) -> rewards, k per problem, of the current policy (guided problems
+    scored with their hint). A problem is hard when all `probe_k` rewards are 0; its hint
+    is the shortest ladder rung under which one of `probe_samples` samples is correct.
+    """
+    verdicts: dict[str, dict[str, Any]] = {}
+    rewards = sample(problems, cfg.probe_k)
+    hard = []
+    for p, r in zip(problems, rewards):
+        n_ok = sum(1 for x in r if x > 0)
+        verdicts[p.id] = {"hard": n_ok == 0, "correct": n_ok, "k": cfg.probe_k}
+        if n_ok == 0:
+            if not p.solution:
+                raise ValueError(f"guidance: hard problem {p.id!r} has no oracle solution "
+                                 f"(set data.solution_key or use an answer_extractor that keeps it)")
+            hard.append(p)
+    hints: dict[str, str] = {}
+    rungs = [cfg.fixed_fraction] if cfg.prefix_mode == "fixed" else sorted(cfg.ladder)
+    pending = hard
+    for frac in rungs:
+        if not pending:
+            break
+        variants = [guided_problem(p, solution_prefix(p.solution, frac, cfg.prefix_unit, tokenizer),
+                                   cfg) for p in pending]
+        if len(rungs) == 1:  # fixed fraction: no search
+            rs = [[0.0]] * len(variants)
+        else:
+            rs = sample(variants, cfg.probe_samples)
+        left = []
+        for p, v, r in zip(pending, variants, rs):
+            hints[p.id] = v.metadata["hint"]  # the longest tried so far if none works
+            verdicts[p.id]["hint_fraction"] = frac
+            if max(r) > 0:
+                verdicts[p.id]["hint_works"] = True
+            else:
+                left.append(p)
+        pending = left
+    for p in pending:
+        verdicts[p.id]["hint_works"] = len(rungs) == 1
+    return verdicts, hints
+
+
+def write_verdicts(path: Path, verdicts: dict[str, dict[str, Any]], hints: dict[str, str]) -> None:
+    data = {pid: {**v, **({"hint": hints[pid]} if pid in hints else {})} for pid, v in verdicts.items()}
+    path.write_text(json.dumps(data, indent=1))
+
+
+def read_verdicts(path: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"guidance.hardness_file: {p} not found (written by an earlier "
+                                f"run as <output_dir>/hardness.json)")
+    data = json.loads(p.read_text())
+    return data, {pid: v["hint"] for pid, v in data.items() if v.get("hard") and "hint" in v}
+
+
+def sampling_for_probe(cfg_rollout) -> SamplingParams:
+    return SamplingParams(temperature=cfg_rollout.temperature, top_p=cfg_rollout.top_p,
+                          max_tokens=cfg_rollout.max_completion_length)

@@ -1,0 +1,135 @@
+"""Guided exploration (POPE): probing, prefix search, hint masking, pool refresh."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlreason.config import load_config
+from rlreason.models import char_tokenizer
+from rlreason.rollout.guidance import (
+    Guide,
+    encode_guided,
+    guided_problem,
+    probe,
+    scored_text,
+    solution_prefix,
+)
+from rlreason.types import Problem
+
+
+def _cfg(*overrides):
+    return load_config(None, ["guidance.enabled=true", *overrides]).guidance
+
+
+def _problems():
+    return [Problem(id=f"p{i}", prompt=f"{i}+{i}=", answer=str(2 * i)[::-1],
+                    solution="abcdefgh") for i in range(6)]
+
+
+def test_prefix_units():
+    tok = char_tokenizer()
+    assert solution_prefix("abcdefgh", 0.25, "tokens", tok) == "ab"
+    assert solution_prefix("step1\nstep2\nstep3\nstep4\n", 0.5, "steps") == "step1\nstep2\n"
+    assert solution_prefix("One. Two! Three? Four.", 0.5, "sentences") == "One. Two! "
+    assert solution_prefix("abc", 0.0, "tokens", tok) == ""
+
+
+def test_probing_marks_exactly_the_never_solved_problems():
+    """A scripted policy: p0, p2 are solved once in 8 samples, the rest never."""
+    solved_once = {"p0", "p2"}
+
+    def sample(problems, k):
+        return [[1.0 if (p.id in solved_once and j == 3 and not p.metadata.get("guided"))
+                 else 0.0 for j in range(k)] for p in problems]
+
+    verdicts, hints = probe(_problems(), sample, _cfg(), char_tokenizer())
+    assert {pid for pid, v in verdicts.items() if v["hard"]} == {"p1", "p3", "p4", "p5"}
+    assert verdicts["p0"]["correct"] == 1 and verdicts["p1"]["correct"] == 0
+    assert set(hints) == {"p1", "p3", "p4", "p5"}
+
+
+def test_prefix_search_picks_the_shortest_working_prefix():
+    """Scripted policy: problem pN is solved given a hint of at least N characters."""
+    need = {"p1": 1, "p3": 3, "p4": 4, "p5": 99}
+
+    def sample(problems, k):
+        out = []
+        for p in problems:
+            hint = p.metadata.get("hint", "")
+            ok = p.metadata.get("guided") and len(hint) >= need.get(p.id, 0)
+            out.append([1.0 if ok else 0.0] * k)
+        return out
+
+    cfg = _cfg("guidance.ladder=[0.125, 0.25, 0.5]")  # of 8 characters: 1, 2, 4
+    verdicts, hints = probe(_problems()[1:], sample, cfg, char_tokenizer())
+    assert hints["p1"] == "a" and verdicts["p1"]["hint_fraction"] == 0.125
+    assert hints["p3"] == "abcd" and hints["p4"] == "abcd"  # 2 chars fail, 4 work
+    assert hints["p5"] == "abcd" and not verdicts["p5"]["hint_works"]  # none works: longest
+    assert verdicts["p3"]["hint_works"] and verdicts["p2"]["hard"]
+
+
+def test_hint_is_prompt_context_and_counts_for_the_reward():
+    tok = char_tokenizer()
+    p = _problems()[3]
+    g = guided_problem(p, "ab", _cfg())
+    encode = lambda q: tok(q.prompt, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ids = encode_guided(g, encode, tok)
+    assert ids == encode(p) + tok("ab", add_special_tokens=False)["input_ids"]
+    assert scored_text(g, "cd") == "abcd" and scored_text(p, "cd") == "cd"
+    ins = guided_problem(p, "ab", _cfg("guidance.style=instruct"))
+    assert "Partial solution: ab" in ins.prompt and encode_guided(ins, encode, tok) == encode(ins)
+
+
+def test_refresh_drops_problems_solved_unguided():
+    guide = Guide(_cfg(), hints={"p1": "a", "p2": "b"}, pool=["p1", "p2"])
+    probs = [Problem(id="p1", prompt="x", answer="1"),
+             guided_problem(Problem(id="p2", prompt="y", answer="2"), "b", _cfg())]
+    guide.refresh(probs, [0.0, 1.0, 1.0, 1.0], group=2)  # p1 unguided: one success
+    assert guide.pool == ["p2"] and guide.solved == ["p1"]  # guided success does not count
+
+
+def test_guided_training_masks_hints_and_logs_guidance(tiny_recipe, tmp_path):
+    """End to end: probing writes hardness.json, guided prompts end with the hint tokens,
+    and only completion tokens carry loss."""
+    from rlreason import trainer as T
+
+    cfg = tiny_recipe("guidance.enabled=true", "guidance.probe_k=2", "guidance.probe_limit=12",
+                      "guidance.ladder=[0.5]", "data.synthetic.difficulty=3",
+                      "model.tiny.warmstart_difficulty=2", "train.max_steps=2",
+                      "algo.skip_zero_advantage=false")
+    seen = []
+    real = T.optimize
+
+    def spy(run, seqs):
+        seen.append(seqs)
+        return real(run, seqs)
+
+    T.optimize = spy
+    try:
+        T.train(cfg, log=lambda s: None)
+    finally:
+        T.optimize = real
+    verdicts = json.loads((tmp_path / "run" / "hardness.json").read_text())
+    hard = [pid for pid, v in verdicts.items() if v["hard"]]
+    assert len(verdicts) == 12 and hard and all("hint" in verdicts[pid] for pid in hard)
+    tok = char_tokenizer()
+    hinted = 0
+    for s in seen[0]:
+        text = tok.decode(s.prompt)
+        if not text.endswith("="):  # guided: the prompt goes on past "=" with the hint
+            hinted += 1
+            hint = text.split("=", 1)[1]
+            assert any(verdicts[pid].get("hint") == hint for pid in hard)
+    assert hinted > 0
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "reward" in r]
+    assert train_rows[0]["guided/frac_prompts"] == pytest.approx(0.5)
+    assert "guided/pool" in train_rows[0]
+    # loss mask: exactly the completion tokens (hint tokens are in the prompt)
+    from rlreason.batching import collate
+
+    batch = collate(seen[0], 0, "cpu", pack=True)
+    assert int(batch["completion_mask"].sum()) == sum(len(s.completion) for s in seen[0])
+    targets = sorted(batch["gather"][4].tolist())  # the tokens the loss is computed on
+    assert targets == sorted(t for s in seen[0] for t in s.completion)
