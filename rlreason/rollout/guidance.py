@@ -25,8 +25,9 @@ import dataclasses
 import json
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..types import Problem, SamplingParams
 

@@ -22,7 +22,6 @@ import torch
 
 from ..types import Completion, SamplingParams
 
-
 # ------------------------------------------------------------------ pure logic
 
 
