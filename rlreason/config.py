@@ -46,11 +46,9 @@ class TinyModelConfig(_Section):
     warmstart_batch_size: int = Field(64, gt=0, description="Sequences per warm-start step.")
     warmstart_lr: float = Field(1e-3, gt=0, description="Warm-start learning rate.")
     seed: int = Field(0, description="Seed of the initialisation and the warm-start data.")
-    warmstart_difficulty: int | None = Field(
-        None, ge=1, description="Warm-start level (default: data.synthetic.difficulty)."
-    )
-    warmstart_min_difficulty: int | None = Field(
-        None, ge=1, description="Lowest warm-start level (default: data.synthetic.min_difficulty)."
+    warmstart_data: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of data.synthetic for the warm-start data "
+        "(e.g. {difficulty: 2, carries: none}): warm-start on easy problems, train on hard."
     )
 
 
@@ -77,6 +75,9 @@ class SyntheticConfig(_Section):
     difficulty: int = Field(2, ge=1, le=12, description="Difficulty level (digits per operand).")
     min_difficulty: int | None = Field(
         None, ge=1, description="If set, mix levels min_difficulty..difficulty uniformly."
+    )
+    carries: Literal["any", "none", "some"] = Field(
+        "any", description="Keep problems with no carry at all, or with at least one carry."
     )
     num_train: int = Field(2000, gt=0, description="Training problems generated.")
     num_eval: int = Field(128, ge=0, description="Held-out problems generated.")

@@ -63,21 +63,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("RLREASON_CACHE", Path.home() / ".cache" / "rlreason"))
 
 
-def warmstart_levels(cfg: ModelConfig, synth: SyntheticConfig) -> tuple[int, int | None]:
-    """(difficulty, min_difficulty) of the warm-start data: the tiny model's own, else the
-    training data's (a guided-exploration run warm-starts on easy levels, trains on hard)."""
-    t = cfg.tiny
-    if t.warmstart_difficulty is not None:
-        return t.warmstart_difficulty, t.warmstart_min_difficulty
-    return synth.difficulty, synth.min_difficulty
+def warmstart_synthetic(cfg: ModelConfig, synth: SyntheticConfig) -> SyntheticConfig:
+    """The synthetic data the tiny model is warm-started on: the training data's, with the
+    tiny config's overrides (a guided-exploration run warm-starts on easy problems only)."""
+    try:
+        return synth.model_copy(update={}).model_validate({**synth.model_dump(),
+                                                           **cfg.tiny.warmstart_data})
+    except ValueError as e:
+        raise ValueError(f"model.tiny.warmstart_data: {e}") from e
 
 
 def tiny_model_path(cfg: ModelConfig, synth: SyntheticConfig) -> Path:
     """Cache folder of the warm-started tiny model: a hash of everything that shapes it."""
-    level, min_level = warmstart_levels(cfg, synth)
+    ws = warmstart_synthetic(cfg, synth)
     key = json.dumps(
-        {"v": TINY_FORMAT_VERSION, "tiny": cfg.tiny.model_dump(),
-         "task": synth.task, "difficulty": level, "min_difficulty": min_level},
+        {"v": TINY_FORMAT_VERSION, "tiny": cfg.tiny.model_dump(exclude={"warmstart_data"}),
+         "task": ws.task, "difficulty": ws.difficulty, "min_difficulty": ws.min_difficulty,
+         **({"carries": ws.carries} if ws.carries != "any" else {})},
         sort_keys=True,
     )
     return cache_root() / f"tiny-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
@@ -92,12 +94,13 @@ def build_tiny_model(cfg: ModelConfig, synth: SyntheticConfig, path: Path, log=p
     tok = char_tokenizer()
     model = tiny_llama(tok, t.num_layers, t.hidden_size, t.intermediate_size, t.num_heads, t.seed)
     if t.warmstart_steps:
-        level, min_level = warmstart_levels(cfg, synth)
+        ws = warmstart_synthetic(cfg, synth)
         pairs = [
             (p.prompt, p.solution)
             for p in synthetic_problems(
-                synth.task, max(4 * t.warmstart_batch_size, 4096), level,
-                seed=t.seed, min_difficulty=min_level, split="warmstart",
+                ws.task, max(4 * t.warmstart_batch_size, 4096), ws.difficulty,
+                seed=t.seed, min_difficulty=ws.min_difficulty, split="warmstart",
+                carries=ws.carries, allow_fewer=True,
             )
         ]
         log(f"warm-starting the tiny model: {t.warmstart_steps} supervised steps "

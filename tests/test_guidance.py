@@ -96,7 +96,7 @@ def test_guided_training_masks_hints_and_logs_guidance(tiny_recipe, tmp_path):
 
     cfg = tiny_recipe("guidance.enabled=true", "guidance.probe_k=2", "guidance.probe_limit=12",
                       "guidance.ladder=[0.5]", "data.synthetic.difficulty=3",
-                      "model.tiny.warmstart_difficulty=2", "train.max_steps=2",
+                      "model.tiny.warmstart_data={difficulty: 2}", "train.max_steps=2",
                       "algo.skip_zero_advantage=false")
     seen = []
     real = T.optimize

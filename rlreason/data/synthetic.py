@@ -7,9 +7,10 @@ warm-started for a minute gets a non-trivial, non-saturated success rate and GRP
 signal. Written in the usual order, the first digit depends on every carry, the tiny
 model stays near 5% after SFT, and RL barely moves it (measured; see README).
 
-Difficulty = digits per operand. Hard levels (more digits than the warm-start saw) are
-problems the policy never solves, which is what guided exploration (POPE) needs; every
-digit of the oracle solution is exact, so a prefix of it is a valid hint.
+Difficulty = digits per operand; `carries` keeps only problems without any carry, or with
+at least one. A model warm-started without carries never solves carry problems, which is
+what guided exploration (POPE) needs; every digit of the oracle solution is exact, so a
+prefix of it is a valid hint.
 """
 from __future__ import annotations
 
@@ -23,9 +24,22 @@ def addition_answer(a: int, b: int) -> str:
     return str(a + b)[::-1]
 
 
-def make_addition(rng: random.Random, digits: int, index: int, prefix: str) -> Problem:
+def has_carry(a: int, b: int) -> bool:
+    """Whether any column of a + b produces a carry."""
+    while a or b:
+        if a % 10 + b % 10 >= 10:
+            return True
+        a, b = a // 10, b // 10
+    return False
+
+
+def make_addition(rng: random.Random, digits: int, index: int, prefix: str,
+                  carries: str = "any") -> Problem:
     lo = 0 if digits == 1 else 10 ** (digits - 1)
-    a, b = rng.randint(lo, 10**digits - 1), rng.randint(lo, 10**digits - 1)
+    while True:
+        a, b = rng.randint(lo, 10**digits - 1), rng.randint(lo, 10**digits - 1)
+        if carries == "any" or has_carry(a, b) == (carries == "some"):
+            break
     answer = addition_answer(a, b)
     return Problem(
         id=f"{prefix}-{index}",
@@ -45,8 +59,11 @@ def synthetic_problems(
     min_difficulty: int | None = None,
     split: str = "train",
     exclude: set[str] | None = None,
+    carries: str = "any",
+    allow_fewer: bool = False,
 ) -> list[Problem]:
-    """`num` distinct problems; `exclude` holds prompts that must not appear (held-out)."""
+    """`num` distinct problems; `exclude` holds prompts that must not appear (held-out).
+    With `allow_fewer`, a level with fewer distinct problems than `num` gives them all."""
     if task != "addition":
         raise ValueError(f"data.synthetic.task: unknown task {task!r}; expected 'addition'")
     rng = random.Random(f"{task}-{split}-{seed}")
@@ -57,11 +74,13 @@ def synthetic_problems(
     while len(out) < num:
         tries += 1
         if tries > 50 * num + 1000:
+            if allow_fewer and out:
+                return out
             raise ValueError(
                 f"data.synthetic: cannot draw {num} distinct problems at difficulty "
                 f"{levels}; lower num_train/num_eval or raise difficulty"
             )
-        p = make_addition(rng, rng.choice(levels), len(out), f"{task}-{split}")
+        p = make_addition(rng, rng.choice(levels), len(out), f"{task}-{split}", carries)
         if p.prompt in seen:
             continue
         seen.add(p.prompt)  # type: ignore[arg-type]
@@ -73,10 +92,11 @@ def synthetic_splits(cfg) -> tuple[list[Problem], list[Problem]]:
     """(train, held-out) for a `SyntheticConfig`; held-out prompts never occur in train."""
     held = synthetic_problems(
         cfg.task, cfg.num_eval, cfg.difficulty, cfg.seed,
-        min_difficulty=cfg.min_difficulty, split="eval",
+        min_difficulty=cfg.min_difficulty, split="eval", carries=cfg.carries,
     )
     train = synthetic_problems(
         cfg.task, cfg.num_train, cfg.difficulty, cfg.seed,
         min_difficulty=cfg.min_difficulty, split="train", exclude={p.prompt for p in held},
+        carries=cfg.carries,
     )
     return train, held
