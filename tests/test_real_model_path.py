@@ -35,9 +35,12 @@ def tiny_qwen(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("recipe", ["grpo_lora_gsm8k.yaml", "grpo_full_gsm8k.yaml"])
+@pytest.mark.parametrize("recipe", ["grpo_lora_gsm8k.yaml", "grpo_full_gsm8k.yaml",
+                                    "pope_gsm8k.yaml"])
 def test_gsm8k_recipe_runs_on_a_local_model(recipe, tiny_qwen, benchmarks_dir, tmp_path):
-    cfg = load_config(RECIPES / recipe, [
+    extra = ["rollout.backend=hf", "guidance.probe_limit=4", "guidance.probe_k=2",
+             "eval.n=2"] if recipe.startswith("pope") else []
+    cfg = load_config(RECIPES / recipe, [*extra,
         f"model.name_or_path={tiny_qwen}", "model.dtype=float32", "train.mixed_precision=no",
         f"data.source={benchmarks_dir / 'gsm8k_train.jsonl'}", "data.limit=8",
         f"data.eval_source={benchmarks_dir / 'gsm8k_test.jsonl'}", "eval.num_problems=2",
@@ -50,6 +53,12 @@ def test_gsm8k_recipe_runs_on_a_local_model(recipe, tiny_qwen, benchmarks_dir, t
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert all(r["completion_length"] <= 8 for r in rows if "reward" in r)
     saved = tmp_path / "final"
+    if cfg.guidance.enabled:  # a random model solves nothing: every probed problem is hard
+        import json
+
+        verdicts = json.loads((tmp_path / "hardness.json").read_text())
+        assert len(verdicts) == 4 and all(v["hard"] and v["hint"] for v in verdicts.values())
+        assert rows[-1]["guided/frac_prompts"] == 0.5
     is_lora = cfg.model.lora.enabled
     assert (saved / "adapter_config.json").is_file() == is_lora
     assert (saved / "config.json").is_file() != is_lora
