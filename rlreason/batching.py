@@ -181,6 +181,23 @@ def _logp_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: 
     return logp, entropy
 
 
+def completion_logits(model, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [N, V], targets [N]) at the N completion positions of a batch, flattened:
+    what a token-level supervised loss (SFT, OTR) needs."""
+    if "gather" in batch:
+        src_r, src_c, _, _, targets = batch["gather"]
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                       attention_mask=batch["attention_mask"], use_cache=False).logits
+        return logits[src_r, src_c], targets
+    ids, attn, P = batch["input_ids"], batch["attention_mask"], batch["prompt_len"]
+    T = ids.size(1) - P
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
+                   logits_to_keep=T + 1, use_cache=False).logits[:, :-1]
+    keep = batch["completion_mask"].bool()
+    return logits[keep], ids[:, P:][keep]
+
+
 def completion_logprobs(model, batch: dict[str, Any], temperature: float,
                         with_entropy: bool = False):
     """log pi(token) of each completion token under logits / temperature: [B, T]."""

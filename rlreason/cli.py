@@ -20,6 +20,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sft(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .sft import train_sft
+
+    train_sft(load_config(args.recipe, args.overrides))
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     from .config import dump_config, load_config, reference
 
@@ -124,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", help="recipe YAML (see recipes/)")
     t.add_argument("overrides", nargs="*", help="dotted overrides key=value")
     t.set_defaults(func=_train)
+    f = sub.add_parser(
+        "sft", help="supervised fine-tuning: cross-entropy or one-token rollout (OTR)",
+        description="Supervised training on the recipe's (prompt, solution) pairs; "
+        "sft.loss=sft (cross-entropy) or sft.loss=otr (one-token rollout, arXiv 2509.26313).",
+    )
+    f.add_argument("recipe", help="recipe YAML (see recipes/otr_*.yaml)")
+    f.add_argument("overrides", nargs="*", help="dotted overrides key=value")
+    f.set_defaults(func=_sft)
     c = sub.add_parser("config", help="print a resolved recipe, or the field reference",
                        description="Print the recipe with every default filled in.")
     c.add_argument("recipe", nargs="?", help="recipe YAML (default: built-in defaults)")

@@ -208,6 +208,22 @@ class GuidanceConfig(_Section):
     )
 
 
+class SFTConfig(_Section):
+    """Supervised fine-tuning (`rlreason sft`): plain cross-entropy or one-token rollout."""
+
+    loss: Literal["sft", "otr"] = Field("sft", description="Cross-entropy, or OTR (arXiv 2509.26313).")
+    otr_num_samples: int = Field(256, ge=1, description="OTR: candidate tokens sampled per position (K).")
+    otr_temperature: float = Field(
+        1.2, gt=0, description="OTR: sampling temperature tau (> 1 explores; the paper's value was not found)."
+    )
+    otr_beta: float = Field(
+        -0.1, lt=1, description="OTR: reward of a candidate that is not the target (slightly negative: most stable)."
+    )
+    otr_closed_form: bool = Field(
+        False, description="OTR: expected reward over the tempered distribution instead of samples."
+    )
+
+
 class EvalConfig(_Section):
     every_steps: int = Field(0, ge=0, description="Evaluate every N steps (0: only at start/end).")
     num_problems: int = Field(128, ge=0, description="Held-out problems per evaluation.")
@@ -270,6 +286,7 @@ class RecipeConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     guidance: GuidanceConfig = Field(default_factory=GuidanceConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
 
 
 # ---------------------------------------------------------------- loading

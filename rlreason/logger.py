@@ -57,7 +57,7 @@ class MetricsLogger:
             return
         with self.path.open("a") as f:
             f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
-        if "reward" in row:
+        if "reward" in row or "loss" in row:
             self._progress(row)
 
     def _progress(self, row: dict[str, Any]) -> None:
@@ -66,10 +66,12 @@ class MetricsLogger:
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / max(done, 1) * (self.max_steps - step)
         kl = row.get("kl")
-        parts = [
-            f"step {step}/{self.max_steps}",
-            f"reward {row['reward']:.3f}",
-            f"kl {kl:.4f}" if kl is not None else "kl -",
+        parts = [f"step {step}/{self.max_steps}"]
+        if row.get("reward") is not None:
+            parts.append(f"reward {row['reward']:.3f}")
+        if "kl" in row:
+            parts.append(f"kl {kl:.4f}" if kl is not None else "kl -")
+        parts += [
             f"loss {row.get('loss', 0.0):+.4f}",
             f"{row.get('tokens_per_s', 0.0):,.0f} tok/s",
             f"{row.get('step_time_s', 0.0):.2f} s/step",

@@ -69,3 +69,96 @@ def supervised_warmstart(model, tokenizer, pairs: list[tuple[str, str]], *, step
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+# ---------------------------------------------------------------- recipe-driven SFT / OTR
+
+
+def sft_step(run, cfg) -> dict[str, float]:
+    """One optimizer step of supervised training on (prompt, oracle solution) pairs.
+
+    The batch goes through the same tensors as RL (packed sequences, prompt tokens as
+    context): only the target tokens and the EOS after them carry loss. The loss is a mean
+    over all target tokens of the step, accumulated over micro-batches.
+    """
+    import time
+
+    from .algos.otr import otr_loss, sft_token_loss
+    from .batching import Sequence, collate, completion_logits, micro_batches
+
+    t0 = time.perf_counter()
+    tok, acc = run.tokenizer, run.accelerator
+    problems = run.train_data.take(cfg.train.prompts_per_step)
+    seqs = [Sequence(prompt=run.encode(p), advantage=0.0, truncated=False,
+                     completion=tok(p.solution or p.answer, add_special_tokens=False)["input_ids"]
+                     + [tok.eos_token_id]) for p in problems]
+    n_total = sum(len(s.completion) for s in seqs)
+    attn = getattr(run.policy.config, "_attn_implementation", None) or "eager"
+    sums: dict[str, float] = {}
+    run.model.train()
+    for mb in micro_batches(seqs, cfg.train.micro_batch_size):
+        batch = collate(mb, tok.pad_token_id, acc.device, pack=attn in ("sdpa",),
+                        attn_implementation=attn)
+        logits, targets = completion_logits(run.model, batch)
+        if cfg.sft.loss == "otr":
+            loss, m = otr_loss(logits, targets, num_samples=cfg.sft.otr_num_samples,
+                               temperature=cfg.sft.otr_temperature, beta=cfg.sft.otr_beta,
+                               closed_form=cfg.sft.otr_closed_form,
+                               generator=run.extra.setdefault("otr_gen", _generator(cfg, acc)))
+        else:
+            loss, m = sft_token_loss(logits, targets)
+        w = targets.numel() / n_total
+        acc.backward(loss * w)
+        m["loss"] = loss.item()
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + v * w
+    sums["grad_norm"] = float(acc.clip_grad_norm_(run.model.parameters(), cfg.train.max_grad_norm))
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    dt = time.perf_counter() - t0
+    sums.update({"step_time_s": dt, "tokens_per_s": n_total / dt,
+                 "lr": run.scheduler.get_last_lr()[0]})
+    return sums
+
+
+def _generator(cfg, acc) -> torch.Generator:
+    g = torch.Generator(device=acc.device)
+    g.manual_seed(cfg.train.seed)
+    return g
+
+
+def train_sft(cfg, log=print) -> dict:
+    """`rlreason sft`: the recipe's data, model, optimizer and evaluation, with a supervised
+    loss (`sft.loss`: sft or otr) instead of rollouts."""
+    from pathlib import Path
+
+    from .config import dump_config
+    from .logger import MetricsLogger, plot_rewards
+    from .trainer import build_run, evaluate
+
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    run = build_run(cfg, log=log)
+    missing = [p.id for p in run.train_data.problems if not (p.solution or p.answer)]
+    if missing:
+        raise ValueError(f"sft: problems without a target (data.solution_key): {missing[:3]}")
+    logger = MetricsLogger(out, cfg.train.max_steps, log_every=cfg.train.log_every)
+    log(f"sft ({cfg.sft.loss}) on {len(run.train_data.problems)} examples: "
+        f"{cfg.train.max_steps} steps x {cfg.train.prompts_per_step}")
+    if run.eval_problems:
+        logger.log({"step": 0, **evaluate(run)})
+    row: dict = {}
+    for step in range(1, cfg.train.max_steps + 1):
+        row = {"step": step, **sft_step(run, cfg)}
+        if (cfg.eval.every_steps and step % cfg.eval.every_steps == 0) or step == cfg.train.max_steps:
+            run.weights_stale = True
+            row.update(evaluate(run))
+        logger.log(row)
+    run.policy.save_pretrained(out / "final")
+    run.tokenizer.save_pretrained(out / "final")
+    if cfg.train.plot:
+        plot_rewards(out / "metrics.jsonl", out / "reward_curve.png")
+    logger.message(f"done: metrics in {out / 'metrics.jsonl'}, model in {out / 'final'}")
+    return row
