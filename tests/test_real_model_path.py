@@ -81,3 +81,17 @@ def test_chat_recipe_with_a_tokenizer_without_template_says_what_to_set(tmp_path
                              "train.prompts_per_step=2", "algo.num_generations=2"])
     with pytest.raises(ValueError, match="template"):
         train(cfg, log=lambda s: None)
+
+
+def test_otr_gsm8k_recipe_runs_on_a_local_model(tiny_qwen, benchmarks_dir, tmp_path):
+    from rlreason.sft import train_sft
+
+    cfg = load_config(RECIPES / "otr_gsm8k.yaml", [
+        f"model.name_or_path={tiny_qwen}", "train.mixed_precision=no",
+        f"data.source={benchmarks_dir / 'gsm8k_train.jsonl'}", "data.limit=8",
+        f"data.eval_source={benchmarks_dir / 'gsm8k_test.jsonl'}", "eval.num_problems=2",
+        "rollout.max_completion_length=8", "train.prompts_per_step=4", "train.max_steps=2",
+        "train.micro_batch_size=2", f"train.output_dir={tmp_path}", "train.plot=false",
+    ])
+    last = train_sft(cfg, log=lambda s: None)
+    assert last["step"] == 2 and 0 <= last["reward"] <= 1 and last["eval/accuracy"] == 0.0
