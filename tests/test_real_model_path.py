@@ -94,4 +94,5 @@ def test_otr_gsm8k_recipe_runs_on_a_local_model(tiny_qwen, benchmarks_dir, tmp_p
         "train.micro_batch_size=2", f"train.output_dir={tmp_path}", "train.plot=false",
     ])
     last = train_sft(cfg, log=lambda s: None)
-    assert last["step"] == 2 and 0 <= last["reward"] <= 1 and last["eval/accuracy"] == 0.0
+    assert last["step"] == 2 and -0.1 <= last["reward"] <= 1  # R is 1 or beta
+    assert last["eval/accuracy"] == 0.0
