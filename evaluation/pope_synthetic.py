@@ -1,15 +1,20 @@
 """POPE in miniature: does guidance on never-solved problems transfer to the bare problem?
 
-A tiny Llama is warm-started on 2-digit additions without any carry (answer digits
-least-significant first); additions with a carry are the hard set: it never solves one
-(0 of 8 samples on every problem). Three arms with the same RL compute (steps x prompts x
-generations), 3 seeds each:
+A tiny Llama is warm-started on 2-digit additions whose lowest column never carries
+(answer digits least-significant first; carries out of the tens column do occur, so it
+knows "digit mod 10, then a carry digit"). Additions whose only carry is out of the units
+column are the hard set: it never solves one (0 of 8 samples on every problem), since it
+has never added a carry into the tens digit. Three arms with the same RL compute (steps x
+prompts x generations), 3 seeds each:
   (a) plain GRPO on the hard set,
-  (b) GRPO on all 2-digit additions (76% with a carry, 24% without: hard + easy mixed),
+  (b) GRPO on all 2-digit additions (hard + easy mixed, 16% of them hard),
   (c) GRPO on the hard set with POPE guidance (oracle-prefix hints on hard problems,
       guided and unguided prompts 1:1).
-Each final policy is evaluated unguided on 128 held-out carry problems: pass@1 and
-pass@8 (8 samples, temperature 1), and greedy accuracy.
+Each final policy is evaluated unguided on 128 held-out hard problems: pass@1 and
+pass@8 (8 samples, temperature 1), and greedy accuracy. (A first design, warm-start with
+no carries at all and every carry problem as the hard set, left all three arms at 0: there
+the hint supplied exactly the step the bare problem could not take, the units digit of
+an overflowing column, so nothing learned under guidance was usable without it.)
 
     python evaluation/pope_synthetic.py            # ~10 min on 2 cores
     python evaluation/pope_synthetic.py --quick    # 1 seed, fewer steps (smoke test)
@@ -29,8 +34,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 COMMON = [
-    "model.name_or_path=tiny", "model.tiny.warmstart_data={carries: none}",
-    "model.tiny.warmstart_steps=600", "data.synthetic.difficulty=2",
+    "model.name_or_path=tiny", "model.tiny.warmstart_data={carries: not_units}",
+    "model.tiny.warmstart_steps=1500", "data.synthetic.difficulty=2",
     "rewards=[{name: exact_match}]", "rollout.max_completion_length=8",
     "algo.num_generations=8", "algo.beta=0.0", "algo.loss_type=dapo",
     "train.prompts_per_step=32", "train.micro_batch_size=256", "train.learning_rate=2e-4",
@@ -38,18 +43,25 @@ COMMON = [
     "data.synthetic.num_train=512", "data.synthetic.num_eval=0",
 ]
 ARMS = {
-    "plain_hard": ["data.synthetic.carries=some"],
+    "plain_hard": ["data.synthetic.carries=units_only"],
     "mixed_easy_hard": ["data.synthetic.carries=any"],
-    # answers are 2-3 characters: rungs of 1 and 2 characters
-    "pope": ["data.synthetic.carries=some", "guidance.enabled=true", "guidance.probe_k=8",
-             "guidance.ladder=[0.34, 0.67]", "guidance.guided_ratio=0.5"],
+    # answers are 2 characters: the hint is the first one (the units digit)
+    "pope": ["data.synthetic.carries=units_only", "guidance.enabled=true", "guidance.probe_k=8",
+             "guidance.ladder=[0.5]", "guidance.guided_ratio=0.5"],
 }
 
 
 def held_out(n: int = 128):
-    from rlreason.data.synthetic import synthetic_problems
+    """Hard problems that no arm trains on."""
+    from rlreason.config import load_config
+    from rlreason.data.synthetic import synthetic_problems, synthetic_splits
 
-    return synthetic_problems("addition", n, 2, seed=999, split="pope-heldout", carries="some")
+    seen = set()
+    for extra in ARMS.values():
+        train, _ = synthetic_splits(load_config(None, [*COMMON, *extra]).data.synthetic)
+        seen |= {p.prompt for p in train}
+    return synthetic_problems("addition", n, 2, seed=999, split="pope-heldout",
+                              carries="units_only", exclude=seen)
 
 
 def evaluate(model_dir: Path, problems, seed: int) -> dict[str, float]:
@@ -156,7 +168,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"setup": {"common": COMMON, "arms": ARMS, "steps": args.steps,
-                                         "seeds": args.seeds, "held_out": "128 2-digit additions with a carry"},
+                                         "seeds": args.seeds, "held_out": "128 2-digit additions whose only carry is out of the units"},
                                "warm_start_only": baseline, "summary": summary,
                                "runs": results}, indent=1))
     plot(summary, out.with_suffix(".png"))

@@ -76,8 +76,9 @@ class SyntheticConfig(_Section):
     min_difficulty: int | None = Field(
         None, ge=1, description="If set, mix levels min_difficulty..difficulty uniformly."
     )
-    carries: Literal["any", "none", "some"] = Field(
-        "any", description="Keep problems with no carry at all, or with at least one carry."
+    carries: Literal["any", "none", "some", "units_only", "top_only", "not_units"] = Field(
+        "any", description="Keep problems by carries: none, at least one, only out of the lowest "
+        "column, only out of the highest, none out of the lowest."
     )
     num_train: int = Field(2000, gt=0, description="Training problems generated.")
     num_eval: int = Field(128, ge=0, description="Held-out problems generated.")

@@ -7,10 +7,10 @@ warm-started for a minute gets a non-trivial, non-saturated success rate and GRP
 signal. Written in the usual order, the first digit depends on every carry, the tiny
 model stays near 5% after SFT, and RL barely moves it (measured; see README).
 
-Difficulty = digits per operand; `carries` keeps only problems without any carry, or with
-at least one. A model warm-started without carries never solves carry problems, which is
-what guided exploration (POPE) needs; every digit of the oracle solution is exact, so a
-prefix of it is a valid hint.
+Difficulty = digits per operand; `carries` filters problems by where carries happen (none,
+some, only out of the lowest column, only out of the highest). A model warm-started without
+some kind of carry never solves problems that need it, which is what guided exploration
+(POPE) needs; every digit of the oracle solution is exact, so a prefix of it is a valid hint.
 """
 from __future__ import annotations
 
@@ -24,13 +24,26 @@ def addition_answer(a: int, b: int) -> str:
     return str(a + b)[::-1]
 
 
-def has_carry(a: int, b: int) -> bool:
-    """Whether any column of a + b produces a carry."""
+def carry_columns(a: int, b: int) -> list[bool]:
+    """For each column of a + b, least significant first: does it carry out?"""
+    out, carry = [], 0
     while a or b:
-        if a % 10 + b % 10 >= 10:
-            return True
+        s = a % 10 + b % 10 + carry
+        carry = int(s >= 10)
+        out.append(bool(carry))
         a, b = a // 10, b // 10
-    return False
+    return out
+
+
+CARRY_FILTERS = {
+    "any": lambda cols: True,
+    "none": lambda cols: not any(cols),
+    "some": lambda cols: any(cols),
+    # exactly one carry, out of the lowest column / out of the highest column only
+    "units_only": lambda cols: len(cols) > 1 and cols[0] and not any(cols[1:]),
+    "top_only": lambda cols: len(cols) > 1 and cols[-1] and not any(cols[:-1]),
+    "not_units": lambda cols: not (cols and cols[0]),  # the lowest column never carries
+}
 
 
 def make_addition(rng: random.Random, digits: int, index: int, prefix: str,
@@ -38,7 +51,7 @@ def make_addition(rng: random.Random, digits: int, index: int, prefix: str,
     lo = 0 if digits == 1 else 10 ** (digits - 1)
     while True:
         a, b = rng.randint(lo, 10**digits - 1), rng.randint(lo, 10**digits - 1)
-        if carries == "any" or has_carry(a, b) == (carries == "some"):
+        if CARRY_FILTERS[carries](carry_columns(a, b)):
             break
     answer = addition_answer(a, b)
     return Problem(
