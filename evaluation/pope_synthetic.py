@@ -112,6 +112,7 @@ def run_arm(arm: str, seed: int, steps: int, out: Path, lr: float | None = None)
 
 
 def plot(summary: dict, path: Path) -> None:
+    """Bars: mean over seeds; dots: each seed (outcomes are bimodal, so no std bars)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,12 +121,14 @@ def plot(summary: dict, path: Path) -> None:
     arms = list(summary)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for j, metric in enumerate(["pass@1", "pass@8"]):
-        means = [summary[a][metric]["mean"] for a in arms]
-        sds = [summary[a][metric]["std"] for a in arms]
-        ax.bar([i + 0.38 * j for i in range(len(arms))], means, 0.38, yerr=sds, label=metric,
-               capsize=3)
+        xs = [i + 0.38 * j for i in range(len(arms))]
+        ax.bar(xs, [summary[a][metric]["mean"] for a in arms], 0.38, label=metric, alpha=0.8)
+        for x, a in zip(xs, arms):
+            seeds = summary[a][metric]["per_seed"]
+            ax.plot([x] * len(seeds), seeds, "k.", markersize=6)
     ax.set_xticks([i + 0.19 for i in range(len(arms))], arms)
-    ax.set_ylabel("unguided accuracy on held-out hard problems")
+    ax.set_ylabel("unguided accuracy, held-out hard")
+    ax.set_ylim(0, 1.05)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -137,11 +140,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--quick", action="store_true", help="1 seed, 60 steps")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from --out")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--lr", type=float, default=None, help="override train.learning_rate")
     ap.add_argument("--work", default="runs/pope_synthetic")
     ap.add_argument("--out", default=str(HERE / "results" / "pope_synthetic.json"))
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.out).read_text())["summary"], Path(args.out).with_suffix(".png"))
+        return
     if args.quick:
         args.seeds, args.steps = [0], 60
     work = Path(args.work)
