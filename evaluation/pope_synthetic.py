@@ -51,6 +51,9 @@ ARMS = {
 }
 
 
+HELD_OUT = "128 2-digit additions whose only carry is out of the units"
+
+
 def held_out(n: int = 128):
     """Hard problems that no arm trains on."""
     from rlreason.config import load_config
@@ -175,7 +178,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"setup": {"common": COMMON, "arms": ARMS, "steps": args.steps,
-                                         "seeds": args.seeds, "held_out": "128 2-digit additions whose only carry is out of the units"},
+                                         "seeds": args.seeds, "held_out": HELD_OUT},
                                "warm_start_only": baseline, "summary": summary,
                                "runs": results}, indent=1))
     plot(summary, out.with_suffix(".png"))
