@@ -73,16 +73,18 @@ def test_sft_loss_is_cross_entropy():
     assert 0 < m["gt_prob"] < 1
 
 
-@pytest.mark.parametrize("loss", ["sft", "otr"])
-def test_rlreason_sft_trains_the_tiny_model(tiny_recipe, tmp_path, loss):
+@pytest.mark.parametrize("loss,lora", [("sft", False), ("otr", False), ("otr", True)])
+def test_rlreason_sft_trains_the_tiny_model(tiny_recipe, tmp_path, loss, lora):
     from rlreason.logger import read_metrics
     from rlreason.sft import train_sft
 
     cfg = tiny_recipe(f"sft.loss={loss}", "model.tiny.warmstart_steps=0", "train.max_steps=30",
                       "train.prompts_per_step=32", "train.micro_batch_size=16",
-                      "train.learning_rate=3e-3", "sft.otr_num_samples=64")
+                      "train.learning_rate=3e-3", "sft.otr_num_samples=64",
+                      f"model.lora.enabled={str(lora).lower()}", "model.lora.r=8")
     train_sft(cfg, log=lambda s: None)
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert rows[-1]["gt_prob"] > 2 * rows[0]["gt_prob"]  # the target tokens became likely
     assert ("reward" in rows[0]) == (loss == "otr")
-    assert (tmp_path / "run" / "final" / "config.json").is_file()
+    saved = "adapter_config.json" if lora else "config.json"
+    assert (tmp_path / "run" / "final" / saved).is_file()
