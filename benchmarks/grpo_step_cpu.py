@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -32,6 +30,9 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -225,16 +226,6 @@ def bench_trl(model_dir: str, work: str, steps: int, warmup: int) -> dict:
 # ---------------------------------------------------------------- environment
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def env_info() -> dict:
     import transformers
 
@@ -244,16 +235,12 @@ def env_info() -> dict:
     except ImportError:
         trl_version = None
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
+        **machine_info(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "trl": trl_version,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
         "loadavg_start": None,
         "loadavg_end": None,
     }

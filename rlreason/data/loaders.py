@@ -241,28 +241,32 @@ def _build(
 # --------------------------------------------------------------------------- sources
 
 
-def _jsonl_rows(path: Path, limit: int | None) -> Iterator[tuple[str, Any]]:
-    n = 0
+def iter_jsonl(path: Path, expected: str = "one JSON object per line") -> Iterator[tuple[str, Any]]:
+    """(where, row) for each non-blank line of a JSON-lines file; `where` is "<path> line N".
+    Invalid JSON or text stops with a DataError naming the file, the line and `expected`."""
     try:
         with path.open(encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, start=1):
-                if limit is not None and n >= limit:
-                    return
                 if not line.strip():
                     continue
                 where = f"{path} line {lineno}"
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(
-                        f"{where}: invalid JSON ({e.msg} at column {e.colno}); expected one JSON object per line"
-                    ) from None
-                n += 1
+                    raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); "
+                                    f"expected {expected}") from None
                 yield where, row
     except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}: not valid UTF-8 text ({e}); expected a JSON-lines file"
-        ) from None
+        raise DataError(f"{path}: not valid UTF-8 text ({e}); expected a JSON-lines file") from None
+
+
+def _jsonl_rows(path: Path, limit: int | None) -> Iterator[tuple[str, Any]]:
+    if limit == 0:
+        return
+    for n, item in enumerate(iter_jsonl(path), start=1):
+        yield item
+        if limit is not None and n >= limit:
+            return  # before reading on: rows past the limit are never parsed
 
 
 def _parquet_rows(path: Path, limit: int | None) -> Iterator[tuple[str, Any]]:

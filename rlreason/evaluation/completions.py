@@ -10,11 +10,10 @@ A mismatch is an error naming the file and line, never a silent skip: grading 49
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from rlreason.data.loaders import DataError
+from rlreason.data.loaders import DataError, iter_jsonl
 from rlreason.types import Problem
 
 __all__ = ["read_completions"]
@@ -50,34 +49,25 @@ def read_completions(path: str | Path, problems: Sequence[Problem], *, benchmark
         raise DataError(f"--completions {path}: no such file (resolved to {path.resolve()})")
     by_id = {p.id: i for i, p in enumerate(problems)}
     out: dict[str, list[str]] = {}
-    first_line: dict[str, int] = {}
-    n_expected: tuple[int, int] | None = None  # (n, line that set it)
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); expected one object "
-                                '{"id": ..., "completions": [...]} per line') from None
-            if not isinstance(row, dict) or "id" not in row or "completions" not in row:
-                got = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise DataError(f'{where}: expected an object with "id" and "completions", got {got}')
-            pid = problems[_row_problem(row["id"], where, problems, by_id, benchmark)].id
-            texts = row["completions"]
-            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-                raise DataError(f"{where}: 'completions' should be a non-empty list of strings, got {texts!r:.80}")
-            if pid in out:
-                raise DataError(f"{where}: problem {pid!r} already has completions (line {first_line[pid]})")
-            if n_expected is None:
-                n_expected = (len(texts), lineno)
-            elif len(texts) != n_expected[0]:
-                raise DataError(f"{where}: {len(texts)} completions, but line {n_expected[1]} has {n_expected[0]}; "
-                                "every problem needs the same number")
-            out[pid] = texts
-            first_line[pid] = lineno
+    first_seen: dict[str, str] = {}
+    n_expected: tuple[int, str] | None = None  # (n, where it was set)
+    for where, row in iter_jsonl(path, 'one object {"id": ..., "completions": [...]} per line'):
+        if not isinstance(row, dict) or "id" not in row or "completions" not in row:
+            got = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f'{where}: expected an object with "id" and "completions", got {got}')
+        pid = problems[_row_problem(row["id"], where, problems, by_id, benchmark)].id
+        texts = row["completions"]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise DataError(f"{where}: 'completions' should be a non-empty list of strings, got {texts!r:.80}")
+        if pid in out:
+            raise DataError(f"{where}: problem {pid!r} already has completions ({first_seen[pid]})")
+        if n_expected is None:
+            n_expected = (len(texts), where)
+        elif len(texts) != n_expected[0]:
+            raise DataError(f"{where}: {len(texts)} completions, but {n_expected[1]} has {n_expected[0]}; "
+                            "every problem needs the same number")
+        out[pid] = texts
+        first_seen[pid] = where
     if not out:
         raise DataError(f"{path}: no completions rows")
     return out
