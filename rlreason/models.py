@@ -67,8 +67,7 @@ def warmstart_synthetic(cfg: ModelConfig, synth: SyntheticConfig) -> SyntheticCo
     """The synthetic data the tiny model is warm-started on: the training data's, with the
     tiny config's overrides (a guided-exploration run warm-starts on easy problems only)."""
     try:
-        return synth.model_copy(update={}).model_validate({**synth.model_dump(),
-                                                           **cfg.tiny.warmstart_data})
+        return SyntheticConfig.model_validate({**synth.model_dump(), **cfg.tiny.warmstart_data})
     except ValueError as e:
         raise ValueError(f"model.tiny.warmstart_data: {e}") from e
 

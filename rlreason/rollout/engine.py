@@ -19,6 +19,8 @@ from ..types import Completion, SamplingParams
 
 @runtime_checkable
 class RolloutEngine(Protocol):
+    shares_module: bool  # True: samples from the trainer's own module, nothing to push
+
     def generate(
         self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
@@ -30,7 +32,11 @@ class RolloutEngine(Protocol):
         ...
 
     def load_adapter(self, adapter: Any) -> None:
-        """Make the engine sample with this LoRA adapter (folder or named tensors)."""
+        """Make the engine sample with this LoRA adapter (a peft adapter folder)."""
+        ...
+
+    def adapter_dir(self) -> str:
+        """Where the trainer writes the adapter it pushes (RAM-backed where possible)."""
         ...
 
     def sleep(self) -> None: ...

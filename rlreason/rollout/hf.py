@@ -98,6 +98,9 @@ class HFEngine:
             adapter = load_file(f"{adapter}/adapter_model.safetensors")
         set_peft_model_state_dict(self.model, dict(adapter))
 
+    def adapter_dir(self) -> str:  # never asked: the module is shared (shares_module)
+        raise NotImplementedError("the hf engine shares the trainer's module; nothing to push")
+
     def sleep(self) -> None:  # nothing to free: the module is the trainer's own
         pass
 

@@ -32,8 +32,6 @@ def sampling_kwargs(sp: SamplingParams, n: int, seed: int | None) -> dict[str, A
                               max_tokens=sp.max_tokens, logprobs=0, seed=seed)
     if sp.stop_token_ids:
         kw["stop_token_ids"] = list(sp.stop_token_ids)
-    if sp.temperature == 0:
-        kw["n"] = n  # greedy: n identical samples, as the hf backend returns
     return kw
 
 
