@@ -69,6 +69,10 @@ def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
     src.add_argument("--model", help="hub id, model folder, or training checkpoint (checkpoints/step_N[/model], "
                      "final); a LoRA adapter folder is detected and applied to its base model")
     src.add_argument("--adapter", help="LoRA adapter folder to apply to --model")
+    src.add_argument("--skill", action="append", default=[], metavar="VECTOR",
+                     help="skill vector folder added to the weights in memory (repeatable)")
+    src.add_argument("--skill-scale", action="append", type=float, default=[], metavar="S",
+                     help="scale of each --skill, in order (default 1.0)")
     src.add_argument("--base-model", help="base model for an adapter (default: adapter_config.json's "
                      "base_model_name_or_path)")
     src.add_argument("--tokenizer", help="tokenizer id/folder (default: the checkpoint's, else the base model's)")
@@ -116,6 +120,26 @@ def build_eval_compare_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _skill(args: argparse.Namespace) -> int:
+    import json
+
+    from . import skills
+
+    if args.action == "extract":
+        m = skills.extract(args.base, args.tuned, args.out, source_recipe=args.recipe)
+        print(f"wrote {args.out}: {m['kind']} vector over {len(m['tensors'])} tensors")
+    elif args.action == "apply":
+        skills.apply(args.model, args.vector, args.out, scale=args.scale, modules=args.modules)
+        print(f"wrote {args.out}: {args.model} + {args.scale} x {args.vector}")
+    elif args.action == "merge":
+        m = skills.merge(args.vectors, args.out, weights=args.weights, method=args.method,
+                         density=args.density)
+        print(f"wrote {args.out}: {args.method} of {len(args.vectors)} vectors")
+    else:
+        print(json.dumps(skills.inspect(args.vector, args.other), indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlreason",
@@ -140,6 +164,30 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("recipe", help="recipe YAML (see recipes/otr_*.yaml)")
     f.add_argument("overrides", nargs="*", help="dotted overrides key=value")
     f.set_defaults(func=_sft)
+    k = sub.add_parser("skill", help="skill vectors (PaST): extract, apply, merge, inspect",
+                       description="Weight deltas of RL training, carried to other models.")
+    ks = k.add_subparsers(dest="action", required=True)
+    x = ks.add_parser("extract", help="write the vector TUNED - BASE")
+    x.add_argument("--base", required=True, help="model folder RL started from")
+    x.add_argument("--tuned", required=True, help="model folder after RL, or a LoRA adapter folder")
+    x.add_argument("--out", required=True)
+    x.add_argument("--recipe", help="recipe that produced --tuned (recorded in the manifest)")
+    a = ks.add_parser("apply", help="write MODEL + SCALE x VECTOR (loads with from_pretrained)")
+    a.add_argument("--model", required=True)
+    a.add_argument("--vector", required=True)
+    a.add_argument("--out", required=True)
+    a.add_argument("--scale", type=float, default=1.0)
+    a.add_argument("--modules", nargs="*", help="only tensors whose names contain one of these")
+    mg = ks.add_parser("merge", help="weighted sum (or TIES) of vectors")
+    mg.add_argument("vectors", nargs="+")
+    mg.add_argument("--weights", nargs="*", type=float)
+    mg.add_argument("--method", choices=["sum", "ties"], default="sum")
+    mg.add_argument("--density", type=float, default=0.2, help="TIES: fraction of entries kept")
+    mg.add_argument("--out", required=True)
+    i = ks.add_parser("inspect", help="norms per layer; cosine to a second vector")
+    i.add_argument("vector")
+    i.add_argument("other", nargs="?")
+    k.set_defaults(func=_skill)
     c = sub.add_parser("config", help="print a resolved recipe, or the field reference",
                        description="Print the recipe with every default filled in.")
     c.add_argument("recipe", nargs="?", help="recipe YAML (default: built-in defaults)")
@@ -169,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError) as e:  # SkillError and DataError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:

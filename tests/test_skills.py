@@ -163,3 +163,41 @@ def test_memory_stays_below_one_model_copy(tmp_path):
     grew = json.loads(res.stdout.strip().splitlines()[-1])["grew_mb"]
     print(f"model {size_mb:.0f} MB; peak memory grew {grew:.0f} MB")
     assert size_mb > 140 and grew < size_mb
+
+
+def test_cli_extract_apply_inspect(pair, tmp_path, capsys):
+    from rlreason.cli import main
+
+    base, tuned = pair
+    assert main(["skill", "extract", "--base", str(base), "--tuned", str(tuned),
+                 "--out", str(tmp_path / "v")]) == 0
+    assert main(["skill", "apply", "--model", str(base), "--vector", str(tmp_path / "v"),
+                 "--out", str(tmp_path / "m"), "--scale", "1.0"]) == 0
+    assert all(torch.equal(a, _weights(tmp_path / "m")[k]) for k, a in _weights(tuned).items())
+    assert main(["skill", "inspect", str(tmp_path / "v"), str(tmp_path / "v")]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 2)[-1])["cosine"] == pytest.approx(1.0)
+    tok = char_tokenizer()
+    tiny_llama(tok, 1, 32, 64, 2, seed=0).save_pretrained(tmp_path / "other")
+    assert main(["skill", "apply", "--model", str(tmp_path / "other"), "--vector",
+                 str(tmp_path / "v"), "--out", str(tmp_path / "x")]) == 2
+    assert "num_hidden_layers 2 (vector) vs 1 (model)" in capsys.readouterr().err
+
+
+def test_eval_with_a_skill_vector_in_memory_equals_the_tuned_model(pair, tmp_path):
+    from rlreason.cli import main
+
+    base, tuned = pair
+    char_tokenizer().save_pretrained(tuned)
+    skills.extract(base, tuned, tmp_path / "v")
+    bench = tmp_path / "b.jsonl"
+    bench.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": str(2 * a)}) + "\n"
+                             for a in range(4)))
+    common = ["eval", "--benchmark", str(bench), "--problem-key", "prompt", "--answer-key", "answer",
+              "--n", "2", "--temperature", "1.0", "--max-new-tokens", "6", "--seed", "3",
+              "--template", "plain"]
+    assert main([*common, "--model", str(tuned), "--output", str(tmp_path / "t")]) == 0
+    assert main([*common, "--model", str(base), "--skill", str(tmp_path / "v"),
+                 "--output", str(tmp_path / "s")]) == 0
+    rows_t = [json.loads(r) for r in (tmp_path / "t" / "samples.jsonl").read_text().splitlines()]
+    rows_s = [json.loads(r) for r in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
+    assert [r["completions"] for r in rows_t] == [r["completions"] for r in rows_s]

@@ -96,6 +96,12 @@ def _sample(args: argparse.Namespace, suite: Suite, grader: Grader, problems: li
 
     loaded = load_eval_model(args.model, adapter=args.adapter, base_model=args.base_model,
                              tokenizer=args.tokenizer, dtype=args.dtype)
+    if getattr(args, "skill", None):  # PaST: skill vectors added in memory, nothing written
+        from rlreason.skills import apply_in_memory
+
+        scales = list(args.skill_scale) + [1.0] * (len(args.skill) - len(args.skill_scale))
+        for vector, scale in zip(args.skill, scales):
+            apply_in_memory(loaded.model, vector, scale)
     p = suite.prompt
 
     def encode(problem: Problem) -> list[int]:
@@ -115,6 +121,7 @@ def _sample(args: argparse.Namespace, suite: Suite, grader: Grader, problems: li
                                    grader=grader, group_by=suite.group_by, progress=progress,
                                    chunk_size=max(1, args.batch_size // args.n))
     info = {"model": args.model, "adapter": loaded.adapter, "base_model": loaded.base,
+            "skills": list(zip(getattr(args, "skill", []), getattr(args, "skill_scale", []) or [])),
             "tokenizer": loaded.tokenizer_source, "backend": args.backend,
             "template": resolve_template(loaded.tokenizer, p.template)}  # what "auto" became
     return result, info
