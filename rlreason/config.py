@@ -52,6 +52,12 @@ class TinyModelConfig(_Section):
     )
 
 
+class SkillSpec(_Section):
+    path: str = Field(..., description="Skill vector folder (`rlreason skill extract`).")
+    scale: float = Field(1.0, description="lambda in theta + lambda * v.")
+    modules: list[str] | None = Field(None, description="Only tensors whose names contain these.")
+
+
 class ModelConfig(_Section):
     name_or_path: str = Field(
         "tiny",
@@ -68,6 +74,9 @@ class ModelConfig(_Section):
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    skills: list[SkillSpec] = Field(
+        default_factory=list, description="Skill vectors added to the weights when the model loads."
+    )
 
 
 class SyntheticConfig(_Section):
@@ -75,6 +84,9 @@ class SyntheticConfig(_Section):
     difficulty: int = Field(2, ge=1, le=12, description="Difficulty level (digits per operand).")
     min_difficulty: int | None = Field(
         None, ge=1, description="If set, mix levels min_difficulty..difficulty uniformly."
+    )
+    operator: str = Field(
+        "+", min_length=1, description="Operator symbol in the prompt (another 'format' of the task)."
     )
     carries: Literal["any", "none", "some", "units_only", "top_only", "not_units"] = Field(
         "any", description="Keep problems by carries: none, at least one, only out of the lowest "

@@ -78,7 +78,8 @@ def tiny_model_path(cfg: ModelConfig, synth: SyntheticConfig) -> Path:
     key = json.dumps(
         {"v": TINY_FORMAT_VERSION, "tiny": cfg.tiny.model_dump(exclude={"warmstart_data"}),
          "task": ws.task, "difficulty": ws.difficulty, "min_difficulty": ws.min_difficulty,
-         **({"carries": ws.carries} if ws.carries != "any" else {})},
+         **({"carries": ws.carries} if ws.carries != "any" else {}),
+         **({"operator": ws.operator} if ws.operator != "+" else {})},
         sort_keys=True,
     )
     return cache_root() / f"tiny-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
@@ -99,7 +100,7 @@ def build_tiny_model(cfg: ModelConfig, synth: SyntheticConfig, path: Path, log=p
             for p in synthetic_problems(
                 ws.task, max(4 * t.warmstart_batch_size, 4096), ws.difficulty,
                 seed=t.seed, min_difficulty=ws.min_difficulty, split="warmstart",
-                carries=ws.carries, allow_fewer=True,
+                carries=ws.carries, allow_fewer=True, operator=ws.operator,
             )
         ]
         log(f"warm-starting the tiny model: {t.warmstart_steps} supervised steps "
@@ -176,6 +177,11 @@ def load_policy(cfg: ModelConfig, synth: SyntheticConfig, log=print):
     path = resolve_model_path(cfg, synth, log=log)
     tok = load_tokenizer(cfg.tokenizer or path)
     model = load_causal_lm(path, cfg)
+    for spec in cfg.skills:  # PaST: theta + lambda * v, in memory (before any LoRA wrapping)
+        from .skills import apply_in_memory
+
+        n = apply_in_memory(model, spec.path, spec.scale, spec.modules)
+        log(f"skill vector {spec.path} x {spec.scale} applied to {n} tensors")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False

@@ -47,7 +47,7 @@ CARRY_FILTERS = {
 
 
 def make_addition(rng: random.Random, digits: int, index: int, prefix: str,
-                  carries: str = "any") -> Problem:
+                  carries: str = "any", operator: str = "+") -> Problem:
     lo = 0 if digits == 1 else 10 ** (digits - 1)
     while True:
         a, b = rng.randint(lo, 10**digits - 1), rng.randint(lo, 10**digits - 1)
@@ -56,7 +56,7 @@ def make_addition(rng: random.Random, digits: int, index: int, prefix: str,
     answer = addition_answer(a, b)
     return Problem(
         id=f"{prefix}-{index}",
-        prompt=f"{a}+{b}=",
+        prompt=f"{a}{operator}{b}=",
         answer=answer,
         solution=answer,
         metadata={"level": digits, "a": a, "b": b},
@@ -74,6 +74,7 @@ def synthetic_problems(
     exclude: set[str] | None = None,
     carries: str = "any",
     allow_fewer: bool = False,
+    operator: str = "+",
 ) -> list[Problem]:
     """`num` distinct problems; `exclude` holds prompts that must not appear (held-out).
     With `allow_fewer`, a level with fewer distinct problems than `num` gives them all."""
@@ -93,7 +94,7 @@ def synthetic_problems(
                 f"data.synthetic: cannot draw {num} distinct problems at difficulty "
                 f"{levels}; lower num_train/num_eval or raise difficulty"
             )
-        p = make_addition(rng, rng.choice(levels), len(out), f"{task}-{split}", carries)
+        p = make_addition(rng, rng.choice(levels), len(out), f"{task}-{split}", carries, operator)
         if p.prompt in seen:
             continue
         seen.add(p.prompt)  # type: ignore[arg-type]
@@ -106,10 +107,11 @@ def synthetic_splits(cfg) -> tuple[list[Problem], list[Problem]]:
     held = synthetic_problems(
         cfg.task, cfg.num_eval, cfg.difficulty, cfg.seed,
         min_difficulty=cfg.min_difficulty, split="eval", carries=cfg.carries,
+        operator=cfg.operator,
     )
     train = synthetic_problems(
         cfg.task, cfg.num_train, cfg.difficulty, cfg.seed,
         min_difficulty=cfg.min_difficulty, split="train", exclude={p.prompt for p in held},
-        carries=cfg.carries,
+        carries=cfg.carries, operator=cfg.operator,
     )
     return train, held
