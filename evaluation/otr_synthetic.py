@@ -5,9 +5,10 @@ model: OTR, like any policy gradient, needs a policy that already puts some mass
 target tokens; from a random initialisation it did not learn at all in 500 steps), is
 trained further with `rlreason sft` on 1- and 2-digit additions (answer digits
 least-significant first), once with `sft.loss=sft` and once with `sft.loss=otr` (K=256
-samples per position, tau=1.2, beta=-0.1), for the same number of steps and batches. Both are evaluated on held-out 2-digit problems (in distribution) and
-on 3-digit problems (a harder level never trained on): greedy accuracy, and pass@1 /
-pass@8 of 8 samples at temperature 1.
+samples per position, tau=1.2, beta=-0.1), for the same number of steps and batches.
+Both are evaluated on held-out 2-digit problems (in distribution) and on 3-digit problems
+(a harder level never trained on): greedy accuracy, and pass@1 / pass@8 of 8 samples at
+temperature 1.
 
     python evaluation/otr_synthetic.py          # ~5 min on 2 cores
     python evaluation/otr_synthetic.py --quick  # 1 seed, fewer steps
