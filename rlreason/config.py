@@ -317,23 +317,29 @@ def _section_fields(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
     return list(cls.model_fields)
 
 
-def _explain(err: ValidationError, source: str) -> ConfigError:
+def explain_errors(err: ValidationError, root: type[BaseModel]) -> list[str]:
+    """One line per problem of a YAML-backed pydantic model: the dotted key, what was wrong,
+    and for an unknown key the nearest valid names (recipes and benchmark suites alike)."""
     lines = []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
-        dotted = ".".join(loc)
+        dotted = ".".join(loc) or "top level"
         if e["type"] == "extra_forbidden":
-            valid = _section_fields(RecipeConfig, loc[:-1])
+            valid = _section_fields(root, loc[:-1])
             near = difflib.get_close_matches(loc[-1], valid, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(near)}?" if near else ""
             where = ".".join(loc[:-1]) or "top level"
-            lines.append(
-                f"unknown key '{dotted}'{hint} (valid keys in {where}: {', '.join(valid)})"
-            )
+            lines.append(f"unknown key '{dotted}'{hint} (valid keys in {where}: {', '.join(valid)})")
+        elif e["type"] == "missing":
+            lines.append(f"missing required key '{dotted}'")
         else:
-            got = e.get("input")
-            lines.append(f"'{dotted}': {e['msg']} (got {got!r})")
-    return ConfigError(f"{source}: invalid recipe\n  " + "\n  ".join(lines))
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"'{dotted}': {msg} (got {e.get('input')!r:.120})")
+    return lines
+
+
+def _explain(err: ValidationError, source: str) -> ConfigError:
+    return ConfigError(f"{source}: invalid recipe\n  " + "\n  ".join(explain_errors(err, RecipeConfig)))
 
 
 def _parse_value(text: str) -> Any:

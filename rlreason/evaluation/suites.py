@@ -24,9 +24,8 @@ command line's field flags, so both paths share one loader.
 """
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -138,33 +137,10 @@ def builtin_suites() -> dict[str, Path]:
 # --------------------------------------------------------------------------- loading
 
 
-def _valid_keys(loc: tuple[str, ...]) -> list[str]:
-    cls: Any = Suite
-    for part in loc:
-        ann = cls.model_fields[part].annotation if part in cls.model_fields else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        cls = ann
-    return list(cls.model_fields)
-
-
 def _explain(err: ValidationError, source: Path) -> SuiteError:
-    lines = []
-    for e in err.errors():
-        loc = tuple(str(p) for p in e["loc"])
-        dotted = ".".join(loc) or "top level"
-        if e["type"] == "extra_forbidden":
-            valid = _valid_keys(loc[:-1])
-            near = difflib.get_close_matches(loc[-1], valid, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(near)}?" if near else ""
-            lines.append(f"unknown key '{dotted}'{hint} (valid keys in {'.'.join(loc[:-1]) or 'top level'}: "
-                         f"{', '.join(valid)})")
-        elif e["type"] == "missing":
-            lines.append(f"missing required key '{dotted}'")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"'{dotted}': {msg} (got {e.get('input')!r:.120})")
-    return SuiteError(f"{source}: invalid benchmark suite\n  " + "\n  ".join(lines))
+    from rlreason.config import explain_errors
+
+    return SuiteError(f"{source}: invalid benchmark suite\n  " + "\n  ".join(explain_errors(err, Suite)))
 
 
 def load_suite(path: str | Path) -> Suite:
