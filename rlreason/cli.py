@@ -28,6 +28,14 @@ def _sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _past(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .past import run_past
+
+    run_past(load_config(args.recipe, args.overrides))
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     from .config import dump_config, load_config, reference
 
@@ -164,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("recipe", help="recipe YAML (see recipes/otr_*.yaml)")
     f.add_argument("overrides", nargs="*", help="dotted overrides key=value")
     f.set_defaults(func=_sft)
+    pp = sub.add_parser(
+        "past", help="the PaST pipeline: source SFT + RL -> skill vector -> target SFT + vector",
+        description="Runs the recipe's `past` block end to end (see recipes/past_synthetic.yaml).",
+    )
+    pp.add_argument("recipe")
+    pp.add_argument("overrides", nargs="*", help="dotted overrides key=value")
+    pp.set_defaults(func=_past)
     k = sub.add_parser("skill", help="skill vectors (PaST): extract, apply, merge, inspect",
                        description="Weight deltas of RL training, carried to other models.")
     ks = k.add_subparsers(dest="action", required=True)

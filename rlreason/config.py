@@ -237,6 +237,19 @@ class SFTConfig(_Section):
     )
 
 
+class PastConfig(_Section):
+    """The PaST pipeline (`rlreason past`): SFT then RL on a source domain, the RL delta as a
+    skill vector, SFT on a target domain, the vector added, both evaluated."""
+
+    source_data: DataConfig = Field(default_factory=DataConfig, description="Source-domain data.")
+    target_data: DataConfig = Field(default_factory=DataConfig, description="Target-domain data.")
+    source_sft_steps: int = Field(100, ge=0, description="SFT steps on the source before RL.")
+    rl_steps: int = Field(100, ge=1, description="GRPO steps on the source per round.")
+    target_sft_steps: int = Field(50, ge=0, description="Light SFT steps on the target.")
+    rounds: int = Field(1, ge=1, description="Iterative refinement rounds (the paper: 2 beat 1).")
+    scale: float = Field(1.0, description="lambda in theta_target + lambda * v.")
+
+
 class EvalConfig(_Section):
     every_steps: int = Field(0, ge=0, description="Evaluate every N steps (0: only at start/end).")
     num_problems: int = Field(128, ge=0, description="Held-out problems per evaluation.")
@@ -300,6 +313,7 @@ class RecipeConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     guidance: GuidanceConfig = Field(default_factory=GuidanceConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    past: PastConfig = Field(default_factory=PastConfig)
 
 
 # ---------------------------------------------------------------- loading
