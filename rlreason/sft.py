@@ -85,14 +85,18 @@ def sft_step(run, cfg) -> dict[str, float]:
 
     from .algos.otr import otr_loss, sft_token_loss
     from .batching import Sequence, collate, completion_logits, micro_batches
+    from .trainer import rank_share
 
     t0 = time.perf_counter()
     tok, acc = run.tokenizer, run.accelerator
-    problems = run.train_data.take(cfg.train.prompts_per_step)
+    problems = rank_share(run.train_data.take(cfg.train.prompts_per_step), acc)
     seqs = [Sequence(prompt=run.encode(p), advantage=0.0, truncated=False,
                      completion=tok(p.solution or p.answer, add_special_tokens=False)["input_ids"]
                      + [tok.eos_token_id]) for p in problems]
     n_total = sum(len(s.completion) for s in seqs)
+    W = acc.num_processes
+    if W > 1:  # a token mean over the global batch: DDP averages, so scale shares by W
+        n_total = int(acc.reduce(torch.tensor(n_total, device=acc.device), reduction="sum"))
     attn = getattr(run.policy.config, "_attn_implementation", None) or "eager"
     sums: dict[str, float] = {}
     run.model.train()
@@ -108,7 +112,7 @@ def sft_step(run, cfg) -> dict[str, float]:
         else:
             loss, m = sft_token_loss(logits, targets)
         w = targets.numel() / n_total
-        acc.backward(loss * w)
+        acc.backward(loss * w * W)
         m["loss"] = loss.item()
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + v * w

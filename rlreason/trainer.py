@@ -85,7 +85,14 @@ def _skippable(run: Run) -> bool:
 def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
     """One optimizer step over all sequences, accumulated over micro-batches."""
     cfg, acc = run.cfg, run.accelerator
+    W = acc.num_processes
     n_tokens = sum(len(s.completion) for s in seqs if not _masked(s, cfg))
+    n_seqs = len(seqs) * W  # every rank holds an equal share of the step's sequences
+    if W > 1:  # step-level normalisers count every rank's tokens
+        n_tokens = int(acc.reduce(torch.tensor(n_tokens, device=acc.device), reduction="sum"))
+    # DDP averages gradients over ranks; losses normalised by step-level counts are sums of
+    # rank shares, so each rank's loss is scaled by W (bnpo is a per-micro-batch mean: not)
+    rank_scale = 1.0 if cfg.algo.loss_type == "bnpo" else float(W)
     trained = [s for s in seqs if s.advantage != 0.0] if _skippable(run) else seqs
     mbs = micro_batches(trained, cfg.train.micro_batch_size, cfg.algo.num_generations)
     sums: dict[str, float] = {"loss": 0.0, "frac_skipped": 1 - len(trained) / len(seqs)}
@@ -107,11 +114,11 @@ def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
             x = LossInputs(
                 logp=logp, old_logp=old, ref_logp=ref, mask=mask, is_weights=is_w,
                 advantages=torch.tensor([s.advantage for s in mb], device=acc.device),
-                num_sequences=len(seqs), num_tokens=n_tokens, num_micro_batches=len(mbs),
+                num_sequences=n_seqs, num_tokens=n_tokens, num_micro_batches=len(mbs),
                 max_completion_length=cfg.rollout.max_completion_length,
             )
             loss, m = policy_loss(x, cfg.algo)  # normalised by whole-step counts
-            acc.backward(loss)
+            acc.backward(loss * rank_scale)
         sums["loss"] += loss.item()
         m.update(mm)
         m["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
@@ -239,6 +246,26 @@ def sync_weights(run: Run) -> None:
     run.weights_stale = False
 
 
+def rank_share(problems: list[Problem], acc) -> list[Problem]:
+    """This process's slice of the step's prompts: every rank draws the same global batch
+    (same seed, same cursor) and keeps its contiguous share, so groups stay on one rank."""
+    W, r = acc.num_processes, acc.process_index
+    k = len(problems) // W
+    return problems[r * k : (r + 1) * k]
+
+
+def check_batch(cfg: RecipeConfig, world_size: int) -> None:
+    """Global batch semantics, checked before anything loads: prompts_per_step prompts per
+    optimizer step over all processes, num_generations completions each."""
+    P = cfg.train.prompts_per_step
+    if P % world_size:
+        up = (P // world_size + 1) * world_size
+        raise ValueError(f"train.prompts_per_step={P} does not split over {world_size} processes "
+                         f"(each must get whole prompts): use a multiple of {world_size}, e.g. {up}")
+    if cfg.guidance.enabled and round(cfg.guidance.guided_ratio * P) > P:
+        raise ValueError("guidance.guided_ratio must be <= 1")
+
+
 def rl_step(run: Run) -> dict[str, float]:
     """One GRPO step. Returns the step's metrics."""
     cfg = run.cfg
@@ -248,7 +275,7 @@ def rl_step(run: Run) -> dict[str, float]:
     P = cfg.train.prompts_per_step                                         # data
     guided = run.guide.take(run.problems_by_id, round(cfg.guidance.guided_ratio * P)) \
         if run.guide else []  # POPE: hinted versions of hard problems
-    problems = guided + run.train_data.take(P - len(guided))
+    problems = rank_share(guided + run.train_data.take(P - len(guided)), run.accelerator)
     sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               max_tokens=cfg.rollout.max_completion_length)
     sync_weights(run)                                                     # weight sync
@@ -275,6 +302,8 @@ def rl_step(run: Run) -> dict[str, float]:
 
     dt = time.perf_counter() - t0
     n_tok = sum(len(c.token_ids) for c in completions)
+    if run.accelerator.num_processes > 1:  # metrics over the global batch
+        rewards_t = run.accelerator.gather(rewards_t.to(run.accelerator.device)).cpu()
     groups_std = rewards_t.view(-1, G).std(dim=1)
     metrics.update({
         "reward": float(rewards_t.mean()),
@@ -286,6 +315,7 @@ def rl_step(run: Run) -> dict[str, float]:
         "generation_time_s": t_gen,
         "tokens_per_s": n_tok / dt,
         "lr": run.scheduler.get_last_lr()[0],
+        "world_size": run.accelerator.num_processes,
     })
     if len(raw) > 1:
         metrics.update({f"rewards/{k}": sum(v) / len(v) for k, v in raw.items()})
@@ -402,6 +432,7 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     seed_everything(cfg.train.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision=cfg.train.mixed_precision)
+    check_batch(cfg, accelerator.num_processes)
     if cfg.algo.num_generations < 2:
         raise ValueError("algo.num_generations must be >= 2 (advantages compare a group)")
     rewards = [(RewardFunction(r.name, timeout_s=r.timeout_s, kwargs=r.kwargs), r.weight)
