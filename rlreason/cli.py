@@ -36,6 +36,15 @@ def _past(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .plan import estimate, format_plan
+
+    p = estimate(load_config(args.recipe, args.overrides), args.gpus, args.gpu_memory, args.strategy)
+    print(format_plan(p))
+    return 0 if p["fits"] else 1
+
+
 def _config(args: argparse.Namespace) -> int:
     from .config import dump_config, load_config, reference
 
@@ -179,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("recipe")
     pp.add_argument("overrides", nargs="*", help="dotted overrides key=value")
     pp.set_defaults(func=_past)
+    pl = sub.add_parser("plan", help="estimate per-GPU memory of a recipe; warn if it will not fit",
+                        description="Weights, gradients, AdamW state, activations and the colocated "
+                        "vLLM engine's share per GPU; exit 1 when it does not fit.")
+    pl.add_argument("recipe")
+    pl.add_argument("overrides", nargs="*")
+    pl.add_argument("--gpus", type=int, default=1)
+    pl.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
+    pl.add_argument("--strategy", choices=["ddp", "zero2", "zero3", "fsdp2"], default="ddp")
+    pl.set_defaults(func=_plan)
     k = sub.add_parser("skill", help="skill vectors (PaST): extract, apply, merge, inspect",
                        description="Weight deltas of RL training, carried to other models.")
     ks = k.add_subparsers(dest="action", required=True)

@@ -1,0 +1,44 @@
+"""`rlreason plan`: parameter counts match real models; sharding divides; OOM is flagged."""
+from __future__ import annotations
+
+import pytest
+
+from rlreason.config import load_config
+from rlreason.plan import estimate, model_shape
+
+
+def test_parameter_count_matches_a_real_llama(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    for tied in (True, False):
+        cfg = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+        real = sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
+        assert model_shape(cfg.to_dict()).params == real
+
+
+def test_sharding_and_oom_warnings(tmp_path):
+    from transformers import LlamaConfig
+
+    # a ~1.2B model: 2 GiB of bf16 weights, 4.5 GiB of fp32 grads, 9 GiB of Adam moments
+    LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                num_attention_heads=32, num_key_value_heads=4).save_pretrained(tmp_path / "m")
+    cfg = load_config(None, [f"model.name_or_path={tmp_path / 'm'}", "model.dtype=bfloat16",
+                             "train.micro_batch_size=4", "rollout.backend=vllm"])
+    one = estimate(cfg, 1, 24.0, "ddp")
+    eight = estimate(cfg, 8, 24.0, "zero3")
+    assert one["params"] == pytest.approx(1.1e9, rel=0.05)
+    assert eight["gib"]["optimizer"] == pytest.approx(one["gib"]["optimizer"] / 8)
+    assert eight["gib"]["weights"] == pytest.approx(one["gib"]["weights"] / 8)
+    assert not one["fits"] and "shard more" in one["warnings"][0]
+    assert eight["total_gib"] < one["total_gib"]
+    lora = estimate(load_config(None, [f"model.name_or_path={tmp_path / 'm'}", "model.lora.enabled=true",
+                                       "model.dtype=bfloat16", "train.micro_batch_size=4"]), 1, 24.0, "ddp")
+    assert lora["trainable"] < 0.05 * lora["params"] and lora["fits"]
+
+
+def test_cli_exit_code_says_whether_it_fits(capsys):
+    from rlreason.cli import main
+
+    assert main(["plan", "recipes/quickstart.yaml", "--gpu-memory", "8"]) == 0
+    assert "total" in capsys.readouterr().out
