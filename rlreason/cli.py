@@ -246,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_eval_compare_parser().parse_args(argv[2:])
     else:
         args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-save "Writing model shards" bars drown the progress line
     from .config import ConfigError
 
     try:
