@@ -66,11 +66,11 @@ class FieldMap:
     def __post_init__(self) -> None:
         if self.answer_extractor not in ANSWER_EXTRACTORS:
             raise ValueError(
-                f"FieldMap.answer_extractor={self.answer_extractor!r} is not one of {ANSWER_EXTRACTORS}"
+                f"data.answer_extractor={self.answer_extractor!r} is not one of {ANSWER_EXTRACTORS}"
             )
         if isinstance(self.metadata_keys, str):
             raise TypeError(
-                f"FieldMap.metadata_keys must be a list of field names, got the string {self.metadata_keys!r}"
+                f"data.metadata_keys must be a list of field names, got the string {self.metadata_keys!r}"
             )
         self.metadata_keys = list(self.metadata_keys)
 
@@ -162,7 +162,7 @@ def _row_to_problem(row: Any, fields: FieldMap, where: str, default_id: str) -> 
 
     if fields.id_key is not None:
         pid = _as_text(
-            required(fields.id_key, "FieldMap.id_key"), where, fields.id_key
+            required(fields.id_key, "mapped by data.id_key"), where, fields.id_key
         ).strip()
     else:
         pid = default_id
@@ -171,7 +171,7 @@ def _row_to_problem(row: Any, fields: FieldMap, where: str, default_id: str) -> 
     prompt = None
     if fields.messages_key is not None:
         messages = _messages(
-            required(fields.messages_key, "FieldMap.messages_key"),
+            required(fields.messages_key, "mapped by data.messages_key"),
             where,
             fields.messages_key,
         )
@@ -179,11 +179,11 @@ def _row_to_problem(row: Any, fields: FieldMap, where: str, default_id: str) -> 
             prompt = _as_text(row[fields.prompt_key], where, fields.prompt_key)
     else:
         prompt = _as_text(
-            required(fields.prompt_key, "FieldMap.prompt_key"), where, fields.prompt_key
+            required(fields.prompt_key, "mapped by data.prompt_key"), where, fields.prompt_key
         )
 
     raw_answer = _as_text(
-        required(fields.answer_key, "FieldMap.answer_key"), where, fields.answer_key
+        required(fields.answer_key, "mapped by data.answer_key"), where, fields.answer_key
     )
     try:
         answer = extract_answer(raw_answer, fields.answer_extractor)
@@ -193,13 +193,13 @@ def _row_to_problem(row: Any, fields: FieldMap, where: str, default_id: str) -> 
         ) from None
     if not answer:
         raise _missing(
-            where, fields.answer_key, "FieldMap.answer_key; the answer is empty", row
+            where, fields.answer_key, "mapped by data.answer_key; the answer is empty", row
         )
 
     solution = None
     if fields.solution_key is not None:
         if fields.solution_key not in row:
-            raise _missing(where, fields.solution_key, "FieldMap.solution_key", row)
+            raise _missing(where, fields.solution_key, "mapped by data.solution_key", row)
         if row[fields.solution_key] is not None:
             solution = _as_text(row[fields.solution_key], where, fields.solution_key)
     elif fields.answer_extractor == "gsm8k":
@@ -208,7 +208,7 @@ def _row_to_problem(row: Any, fields: FieldMap, where: str, default_id: str) -> 
     metadata = {}
     for key in fields.metadata_keys:
         if key not in row:
-            raise _missing(where, key, "FieldMap.metadata_keys", row)
+            raise _missing(where, key, "mapped by data.metadata_keys", row)
         metadata[key] = row[key]
 
     return Problem(
