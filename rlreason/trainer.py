@@ -266,6 +266,34 @@ def check_batch(cfg: RecipeConfig, world_size: int) -> None:
         raise ValueError("guidance.guided_ratio must be <= 1")
 
 
+def _step_metrics(run: Run, problems: list[Problem], completions: list[Completion],
+                  rewards: list[float], raw: dict[str, list[float]], dt: float,
+                  t_gen: float) -> dict[str, Any]:
+    """Reward statistics over the global batch, lengths, throughput, guidance counters."""
+    G = run.cfg.algo.num_generations
+    rewards_t = torch.tensor(rewards)
+    if run.accelerator.num_processes > 1:
+        rewards_t = run.accelerator.gather(rewards_t.to(run.accelerator.device)).cpu()
+    n_tok = sum(len(c.token_ids) for c in completions)
+    out: dict[str, Any] = {
+        "reward": float(rewards_t.mean()),
+        "reward_std": float(rewards_t.std()),
+        "frac_zero_std_groups": float((rewards_t.view(-1, G).std(dim=1) < 1e-6).float().mean()),
+        "completion_length": n_tok / len(completions),
+        "frac_truncated": sum(c.finish_reason == "length" for c in completions) / len(completions),
+        "step_time_s": dt,
+        "generation_time_s": t_gen,
+        "tokens_per_s": n_tok / dt,
+        "lr": run.scheduler.get_last_lr()[0],
+        "world_size": run.accelerator.num_processes,
+    }
+    if len(raw) > 1:
+        out.update({f"rewards/{k}": sum(v) / len(v) for k, v in raw.items()})
+    if run.guide is not None:
+        out.update(_guidance_metrics(run, problems, rewards, G))
+    return out
+
+
 def rl_step(run: Run) -> dict[str, float]:
     """One GRPO step. Returns the step's metrics."""
     cfg = run.cfg
@@ -300,27 +328,8 @@ def rl_step(run: Run) -> dict[str, float]:
         metrics = optimize(run, seqs)
     run.weights_stale = True      # the engine syncs right before it samples next (sync_weights)
 
-    dt = time.perf_counter() - t0
-    n_tok = sum(len(c.token_ids) for c in completions)
-    if run.accelerator.num_processes > 1:  # metrics over the global batch
-        rewards_t = run.accelerator.gather(rewards_t.to(run.accelerator.device)).cpu()
-    groups_std = rewards_t.view(-1, G).std(dim=1)
-    metrics.update({
-        "reward": float(rewards_t.mean()),
-        "reward_std": float(rewards_t.std()),
-        "frac_zero_std_groups": float((groups_std < 1e-6).float().mean()),
-        "completion_length": n_tok / len(completions),
-        "frac_truncated": sum(c.finish_reason == "length" for c in completions) / len(completions),
-        "step_time_s": dt,
-        "generation_time_s": t_gen,
-        "tokens_per_s": n_tok / dt,
-        "lr": run.scheduler.get_last_lr()[0],
-        "world_size": run.accelerator.num_processes,
-    })
-    if len(raw) > 1:
-        metrics.update({f"rewards/{k}": sum(v) / len(v) for k, v in raw.items()})
-    if run.guide is not None:
-        metrics.update(_guidance_metrics(run, problems, rewards, G))
+    metrics.update(_step_metrics(run, problems, completions, rewards, raw,
+                                 time.perf_counter() - t0, t_gen))
     metrics.setdefault("kl", None)  # type: ignore[arg-type]
     return metrics
 
