@@ -100,3 +100,41 @@ def test_grpo_with_vllm_backend_raises_the_reward(tmp_path):
     print(f"vllm quickstart: reward {first:.3f} -> {last:.3f}; max |dlogp| {max(diffs):.2e}")
     assert last > first + 0.1
     assert max(diffs) < 1e-3  # weights reach vLLM every step: sampler == trainer
+
+
+def test_eval_cli_with_the_vllm_backend(tiny_dir, tmp_path):
+    import json
+
+    from rlreason.cli import main
+
+    bench = tmp_path / "b.jsonl"
+    bench.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": str(2 * a)[::-1]}) + "\n"
+                             for a in range(10, 16)))
+    assert main(["eval", "--model", str(tiny_dir), "--benchmark", str(bench), "--problem-key", "prompt",
+                 "--answer-key", "answer", "--n", "2", "--temperature", "1.0", "--max-new-tokens", "6",
+                 "--backend", "vllm", "--template", "plain", "--output", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_problems"] == 6 and summary["n"] == 2
+
+
+def test_guided_training_with_the_vllm_backend(tiny_dir, tmp_path):
+    """POPE with vLLM: probing and guided rollouts go through the vLLM engine."""
+    import json
+
+    from rlreason.config import load_config
+    from rlreason.trainer import train
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": str(2 * a)[::-1],
+                                        "solution": str(2 * a)[::-1]}) + "\n" for a in range(10, 26)))
+    cfg = load_config(None, [
+        f"model.name_or_path={tiny_dir}", f"data.source={data}", "data.solution_key=solution",
+        "data.template=plain", "rewards=[{name: exact_match}]", "rollout.backend=vllm",
+        "rollout.vllm_dtype=float32", "rollout.max_completion_length=6", "algo.num_generations=2",
+        "guidance.enabled=true", "guidance.probe_k=2", "guidance.ladder=[0.5]",
+        "train.prompts_per_step=4", "train.max_steps=2", "train.plot=false", "eval.num_problems=0",
+        f"train.output_dir={tmp_path / 'run'}",
+    ])
+    last = train(cfg, log=lambda s: None)
+    assert last["step"] == 2 and "guided/pool" in last
+    assert (tmp_path / "run" / "hardness.json").is_file()
