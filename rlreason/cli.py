@@ -157,6 +157,15 @@ def _skill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_command(sub, name: str, func, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand that takes a recipe YAML and dotted overrides."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("recipe", help="recipe YAML (see recipes/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides key=value")
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlreason",
@@ -164,39 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
         "rewards (GRPO, Dr. GRPO, DAPO, GSPO).",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser(
-        "train", help="run a recipe (GRPO family)",
-        description="Train with a recipe YAML. Any field can be overridden as "
-        "section.key=value, e.g. `rlreason train recipes/quickstart.yaml algo.beta=0.04 "
-        "train.max_steps=20`. Resume with train.resume_from=latest.",
-    )
-    t.add_argument("recipe", help="recipe YAML (see recipes/)")
-    t.add_argument("overrides", nargs="*", help="dotted overrides key=value")
-    t.set_defaults(func=_train)
-    f = sub.add_parser(
-        "sft", help="supervised fine-tuning: cross-entropy or one-token rollout (OTR)",
-        description="Supervised training on the recipe's (prompt, solution) pairs; "
-        "sft.loss=sft (cross-entropy) or sft.loss=otr (one-token rollout, arXiv 2509.26313).",
-    )
-    f.add_argument("recipe", help="recipe YAML (see recipes/otr_*.yaml)")
-    f.add_argument("overrides", nargs="*", help="dotted overrides key=value")
-    f.set_defaults(func=_sft)
-    pp = sub.add_parser(
-        "past", help="the PaST pipeline: source SFT + RL -> skill vector -> target SFT + vector",
-        description="Runs the recipe's `past` block end to end (see recipes/past_synthetic.yaml).",
-    )
-    pp.add_argument("recipe")
-    pp.add_argument("overrides", nargs="*", help="dotted overrides key=value")
-    pp.set_defaults(func=_past)
-    pl = sub.add_parser("plan", help="estimate per-GPU memory of a recipe; warn if it will not fit",
-                        description="Weights, gradients, AdamW state, activations and the colocated "
-                        "vLLM engine's share per GPU; exit 1 when it does not fit.")
-    pl.add_argument("recipe")
-    pl.add_argument("overrides", nargs="*")
+    _recipe_command(
+        sub, "train", _train, "run a recipe (GRPO family)",
+        "Train with a recipe YAML. Any field can be overridden as section.key=value, e.g. "
+        "`rlreason train recipes/quickstart.yaml algo.beta=0.04 train.max_steps=20`. "
+        "Resume with train.resume_from=latest.")
+    _recipe_command(
+        sub, "sft", _sft, "supervised fine-tuning: cross-entropy or one-token rollout (OTR)",
+        "Supervised training on the recipe's (prompt, solution) pairs; sft.loss=sft "
+        "(cross-entropy) or sft.loss=otr (one-token rollout, arXiv 2509.26313).")
+    _recipe_command(
+        sub, "past", _past, "the PaST pipeline: source SFT + RL -> skill vector -> target SFT + vector",
+        "Runs the recipe's `past` block end to end (see recipes/past_synthetic.yaml).")
+    pl = _recipe_command(sub, "plan", _plan, "estimate per-GPU memory of a recipe; warn if it will not fit",
+                         "Weights, gradients, AdamW state, activations and the colocated vLLM engine's "
+                         "share per GPU; exit 1 when it does not fit.")
     pl.add_argument("--gpus", type=int, default=1)
     pl.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
     pl.add_argument("--strategy", choices=["ddp", "zero2", "zero3", "fsdp2"], default="ddp")
-    pl.set_defaults(func=_plan)
     k = sub.add_parser("skill", help="skill vectors (PaST): extract, apply, merge, inspect",
                        description="Weight deltas of RL training, carried to other models.")
     ks = k.add_subparsers(dest="action", required=True)

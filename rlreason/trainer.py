@@ -391,9 +391,7 @@ def load_data(cfg: RecipeConfig) -> tuple[list[Problem], list[Problem]]:
         return synthetic_splits(d.synthetic)
     from .data.loaders import FieldMap, load_problems
 
-    fields = FieldMap(id_key=d.id_key, prompt_key=d.prompt_key, messages_key=d.messages_key,
-                      answer_key=d.answer_key, solution_key=d.solution_key,
-                      answer_extractor=d.answer_extractor)
+    fields = FieldMap.from_settings(d)
     train = load_problems(d.source, fields, split=d.split, limit=d.limit)
     if d.eval_source:
         held = load_problems(d.eval_source, fields, split=d.eval_split)

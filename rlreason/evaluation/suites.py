@@ -237,8 +237,6 @@ def resolve_source(suite: Suite) -> str:
 def load_suite_problems(suite: Suite, *, limit: int | None = None) -> list[Problem]:
     """The suite's problems (the first `limit` when given); group_by fields kept as metadata."""
     f = suite.fields
-    fields = FieldMap(id_key=f.id_key, prompt_key=f.prompt_key, messages_key=f.messages_key,
-                      answer_key=f.answer_key, solution_key=f.solution_key,
-                      answer_extractor=f.answer_extractor, metadata_keys=list(suite.group_by))
+    fields = FieldMap.from_settings(f, metadata_keys=list(suite.group_by))
     return load_problems(resolve_source(suite), fields, split=suite.data.split, limit=limit,
                          format=suite.data.format)
