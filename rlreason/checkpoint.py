@@ -61,27 +61,43 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+SHARDED_DIR = "accelerate"  # model + optimizer shards, written by accelerate.save_state
+
+
 def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, optimizer,
                     scheduler, state: dict[str, Any], extra_rng: dict[str, Any],
-                    keep: int) -> Path:
-    """Write checkpoint `step` atomically; keep the newest `keep` checkpoints."""
+                    keep: int, accelerator=None, sharded: bool = False) -> Path:
+    """Write checkpoint `step` atomically; keep the newest `keep` checkpoints.
+
+    Every process calls this; the main one writes. With `sharded` (FSDP, DeepSpeed: the
+    optimizer state, maybe the weights, live in per-rank shards) model and optimizer go
+    through `accelerator.save_state`, which every rank joins, instead of whole files."""
+    is_main = accelerator is None or accelerator.is_main_process
+    barrier = accelerator.wait_for_everyone if accelerator is not None else (lambda: None)
     root = checkpoint_root(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp-step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save_pretrained(tmp / "model")
-    tokenizer.save_pretrained(tmp / "model")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({**rng_states(), **extra_rng}, tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
-    if final.exists():  # re-saving the same step (e.g. end of a resumed run)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    if sharded:
+        accelerator.save_state(str(tmp / SHARDED_DIR))
+    if is_main:
+        if not sharded:
+            model.save_pretrained(tmp / "model")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        tokenizer.save_pretrained(tmp / "model")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({**rng_states(), **extra_rng}, tmp / "rng.pt")
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
+        if final.exists():  # re-saving the same step (e.g. end of a resumed run)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
     return final
 
 
@@ -114,10 +130,18 @@ def load_model_weights(model, folder: Path) -> None:
         model.tie_weights()
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> tuple[dict, dict]:
-    """Restore model, optimizer, scheduler and global RNGs; return (state, rng dict)."""
-    load_model_weights(model, path / "model")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+def load_checkpoint(path: Path, *, model, optimizer, scheduler,
+                    accelerator=None) -> tuple[dict, dict]:
+    """Restore model, optimizer, scheduler and global RNGs; return (state, rng dict).
+    A sharded checkpoint (see save_checkpoint) is restored by `accelerator.load_state`."""
+    if (path / SHARDED_DIR).is_dir():
+        if accelerator is None:
+            raise ValueError(f"{path}: a sharded checkpoint (FSDP/DeepSpeed); resume it under the same "
+                             "accelerate launch config")
+        accelerator.load_state(str(path / SHARDED_DIR))
+    else:
+        load_model_weights(model, path / "model")
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng = torch.load(path / "rng.pt", weights_only=False)
     set_rng_states(rng)

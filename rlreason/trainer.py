@@ -25,7 +25,16 @@ from .logger import MetricsLogger, plot_rewards
 from .rewards import RewardFunction, compute_rewards
 from .rollout.engine import make_engine
 from .rollout.guidance import encode_guided, scored_text
-from .types import Completion, Problem, SamplingParams
+from .sharding import (
+    accumulation_boundary,
+    check_deepspeed_config,
+    gathered_parameters,
+    inference_copy,
+    native_checkpoint,
+    shards_parameters,
+    strategy,
+)
+from .types import Adapter, Completion, Problem, SamplingParams
 
 # ---------------------------------------------------------------- the run
 
@@ -76,10 +85,11 @@ def _collate(run: Run, mb: list[Sequence]) -> dict[str, Any]:
 def _skippable(run: Run) -> bool:
     """Sequences with advantage 0 contribute exactly zero gradient when there is no KL term
     and the loss is normalised by step-level counts (not bnpo's per-micro-batch mean); one
-    process only, since a DDP rank that skips its backward would stall the others."""
+    plain process only, since a DDP rank that skips its backward would stall the others and
+    DeepSpeed steps only from a backward."""
     a = run.cfg.algo
     return (a.skip_zero_advantage and a.beta == 0 and a.loss_type != "bnpo"
-            and run.accelerator.num_processes == 1)
+            and strategy(run.accelerator) == "single")
 
 
 def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
@@ -101,8 +111,7 @@ def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
         batch = _collate(run, mb)
         mask = batch["completion_mask"] * torch.tensor(
             [0.0 if _masked(s, cfg) else 1.0 for s in mb], device=acc.device)[:, None]
-        sync = acc.no_sync(run.model) if i < len(mbs) - 1 else _nullcontext()
-        with sync:
+        with accumulation_boundary(acc, run.model, is_last=i == len(mbs) - 1):
             logp, entropy = completion_logprobs(run.model, batch, cfg.rollout.temperature,
                                                 with_entropy=True)
             T = logp.size(1)
@@ -171,14 +180,6 @@ def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, length - t.numel()))
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
-
-
 def rollout(run: Run, problems: list[Problem], n: int, sampling: SamplingParams):
     """Prompt tokens -> completions (grouped per prompt) and their decoded texts."""
     prompts = [encode_guided(p, run.encode, run.tokenizer) for p in problems]
@@ -234,15 +235,20 @@ def setup_guidance(run: Run, out: Path, log: Callable[[str], None]) -> None:
 
 def sync_weights(run: Run) -> None:
     """Push the policy's current weights to the engine if it does not share the module:
-    the LoRA adapter alone (through a RAM-backed folder), or every weight as tensors."""
+    the LoRA adapter alone (in memory), or every weight as tensors; gathered from the
+    shards, in bounded chunks, where training shards parameters."""
     if run.engine.shares_module or not run.weights_stale:
         return
-    policy = run.policy
-    if run.cfg.model.lora.enabled:
-        policy.save_pretrained(run.engine.adapter_dir())
-        run.engine.load_adapter(run.engine.adapter_dir())
+    lora = run.cfg.model.lora.enabled
+    named = gathered_parameters(run.model, run.accelerator, trainable_only=lora)
+    if lora:
+        from peft import get_peft_model_state_dict
+
+        policy = run.policy
+        tensors = get_peft_model_state_dict(policy, state_dict=dict(named))
+        run.engine.load_adapter(Adapter(policy.peft_config["default"], tensors))
     else:
-        run.engine.update_weights((n, p.detach()) for n, p in policy.named_parameters())
+        run.engine.update_weights(named)
     run.weights_stale = False
 
 
@@ -451,6 +457,7 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision=cfg.train.mixed_precision)
     check_batch(cfg, accelerator.num_processes)
+    check_deepspeed_config(accelerator, cfg)
     if cfg.algo.num_generations < 2:
         raise ValueError("algo.num_generations must be >= 2 (advantages compare a group)")
     rewards = [(RewardFunction(r.name, timeout_s=r.timeout_s, kwargs=r.kwargs), r.weight)
@@ -483,9 +490,14 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
     scheduler = make_scheduler(optimizer, cfg)
+    # sharded training: the transformers backend samples from a whole copy, refreshed by
+    # sync_weights (a colocated vLLM engine holds one too)
+    sharded = shards_parameters(accelerator)
+    twin = inference_copy(model, accelerator) if sharded and cfg.rollout.backend == "hf" else None
     model, optimizer = accelerator.prepare(model, optimizer)
-    engine = make_engine(cfg.rollout, accelerator.unwrap_model(model), tok, model_path=path,
-                         seed=cfg.train.seed, max_prompt_length=d.max_prompt_length,
+    engine = make_engine(cfg.rollout, twin if twin is not None else accelerator.unwrap_model(model),
+                         tok, model_path=path, seed=cfg.train.seed,
+                         max_prompt_length=d.max_prompt_length, shares_module=twin is None,
                          lora_rank=cfg.model.lora.r if cfg.model.lora.enabled else None)
     return Run(cfg=cfg, accelerator=accelerator, model=model, tokenizer=tok, engine=engine,
                optimizer=optimizer, scheduler=scheduler,
@@ -500,7 +512,17 @@ def save(run: Run) -> Path:
         state={"data": run.train_data.state_dict(), "model_path": run.model_path,
                **({"guide": run.guide.state_dict()} if run.guide else {})},
         extra_rng={"sampler": run.engine.rng_state()}, keep=run.cfg.train.save_total_limit,
+        accelerator=run.accelerator, sharded=native_checkpoint(run.accelerator),
     )
+
+
+def export_final(run: Run, folder: Path) -> None:
+    """The trained model (or adapter) as a plain transformers/peft folder; gathered from
+    the shards first where training shards (a collective: every rank calls this)."""
+    sd = run.accelerator.get_state_dict(run.model) if native_checkpoint(run.accelerator) else None
+    if run.accelerator.is_main_process:
+        run.policy.save_pretrained(folder, **({"state_dict": sd} if sd is not None else {}))
+        run.tokenizer.save_pretrained(folder)
 
 
 def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
@@ -514,7 +536,7 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
     if cfg.train.resume_from:
         ckpt = resolve_checkpoint(out, cfg.train.resume_from)
         state, rng = load_checkpoint(ckpt, model=run.policy, optimizer=run.optimizer,
-                                     scheduler=run.scheduler)
+                                     scheduler=run.scheduler, accelerator=run.accelerator)
         run.train_data.load_state_dict(state["data"])
         run.engine.set_rng_state(rng["sampler"])
         run.step = state["step"]
@@ -548,11 +570,10 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
             save(run)
         if stop_after is not None and run.step >= stop_after:
             return last
+    save(run)
+    final = out / "final"
+    export_final(run, final)
     if is_main:
-        save(run)
-        final = out / "final"
-        run.policy.save_pretrained(final)
-        run.tokenizer.save_pretrained(final)
         if t.plot:
             plot_rewards(out / "metrics.jsonl", out / "reward_curve.png")
         run.logger.message(f"done: metrics in {out / 'metrics.jsonl'}, model in {final}")

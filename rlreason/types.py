@@ -66,3 +66,22 @@ class Completion:
     logprobs: list[float]
     finish_reason: str
     text: str = ""
+
+
+@dataclass
+class Adapter:
+    """A LoRA adapter in memory: its peft config and tensors under peft's saved names
+    (what `adapter_model.safetensors` holds). How the trainer pushes LoRA to an engine
+    that does not share its module, gathered from shards where training shards them."""
+
+    config: Any  # peft.LoraConfig
+    tensors: dict[str, Any]
+
+    def write(self, folder: str) -> str:
+        """Save as a peft adapter folder (what vLLM's LoRARequest reads)."""
+        from safetensors.torch import save_file
+
+        self.config.save_pretrained(folder)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.tensors.items()},
+                  f"{folder}/adapter_model.safetensors")
+        return folder

@@ -65,13 +65,20 @@ def test_lora_adapter_pushes_replace_the_served_adapter(tiny_dir, tmp_path):
     eng = VLLMEngine(str(tiny_dir), tok, max_model_len=64, dtype="float32", enable_lora=True,
                      max_lora_rank=4)
     prompt = tok("7+8=", add_special_tokens=False)["input_ids"]
-    for _ in range(2):
+    from peft import get_peft_model_state_dict
+
+    from rlreason.types import Adapter
+
+    for push in ("in-memory", "folder"):  # what the trainer pushes; what `rlreason eval` loads
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if "lora_B" in n:
                     p.normal_(0, 0.3)
-        model.save_pretrained(eng.adapter_dir())
-        eng.load_adapter(eng.adapter_dir())
+        if push == "folder":
+            model.save_pretrained(tiny_dir.parent / "adapter")
+            eng.load_adapter(str(tiny_dir.parent / "adapter"))
+        else:
+            eng.load_adapter(Adapter(model.peft_config["default"], get_peft_model_state_dict(model)))
         c = eng.generate([prompt], 1, SamplingParams(temperature=1.0, max_tokens=8))[0][0]
         diff = (_logprobs(model, prompt, c.token_ids) - torch.tensor(c.logprobs)).abs().max()
         assert diff < 1e-4, float(diff)

@@ -32,11 +32,8 @@ class RolloutEngine(Protocol):
         ...
 
     def load_adapter(self, adapter: Any) -> None:
-        """Make the engine sample with this LoRA adapter (a peft adapter folder)."""
-        ...
-
-    def adapter_dir(self) -> str:
-        """Where the trainer writes the adapter it pushes (RAM-backed where possible)."""
+        """Make the engine sample with this LoRA adapter (a peft adapter folder or an
+        in-memory `types.Adapter`) on the unchanged base weights."""
         ...
 
     def sleep(self) -> None: ...
@@ -51,13 +48,15 @@ class RolloutEngine(Protocol):
 
 
 def make_engine(cfg, model, tokenizer, *, model_path: str, seed: int, max_prompt_length: int,
-                lora_rank: int | None = None):
+                lora_rank: int | None = None, shares_module: bool = True):
     """The engine a recipe's `rollout` section asks for. `model` is the trainer's module
-    (shared in-process by the hf backend); vLLM starts from `model_path`."""
+    (shared in-process by the hf backend) or, with `shares_module=False`, an inference copy
+    the trainer refreshes; vLLM starts from `model_path`."""
     if cfg.backend == "hf":
         from .hf import HFEngine
 
-        return HFEngine(model, tokenizer, batch_size=cfg.batch_size, seed=seed)
+        return HFEngine(model, tokenizer, batch_size=cfg.batch_size, seed=seed,
+                        shares_module=shares_module)
     if cfg.backend == "vllm":
         from .vllm import VLLMEngine
 

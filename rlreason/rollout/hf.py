@@ -54,10 +54,13 @@ def eval_mode(model):
 
 
 class HFEngine:
-    shares_module = True  # samples from the trainer's own module: nothing to push
+    """`shares_module`: True when `model` is the trainer's own module (nothing to push);
+    False for an inference copy (sharded training), refreshed through `update_weights`."""
+
     def __init__(self, model, tokenizer, *, batch_size: int = 256, seed: int = 0,
-                 static_cache: bool = True):
+                 static_cache: bool = True, shares_module: bool = True):
         self.model = model
+        self.shares_module = shares_module
         self.static_cache = static_cache
         self.compact_at = 0.75  # shrink the KV cache once a quarter of its rows finished
         self.tokenizer = tokenizer
@@ -91,15 +94,16 @@ class HFEngine:
                 params[name].copy_(tensor)
 
     def load_adapter(self, adapter: Any) -> None:
+        """A peft adapter folder, an `Adapter`, or its tensors (peft's saved names)."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         if isinstance(adapter, str):
             adapter = load_file(f"{adapter}/adapter_model.safetensors")
-        set_peft_model_state_dict(self.model, dict(adapter))
-
-    def adapter_dir(self) -> str:  # never asked: the module is shared (shares_module)
-        raise NotImplementedError("the hf engine shares the trainer's module; nothing to push")
+        tensors = getattr(adapter, "tensors", adapter)
+        result = set_peft_model_state_dict(self.model, dict(tensors))
+        if getattr(result, "unexpected_keys", None):
+            raise KeyError(f"load_adapter: the engine's model has no LoRA weights {result.unexpected_keys[:3]}")
 
     def sleep(self) -> None:  # nothing to free: the module is the trainer's own
         pass

@@ -178,16 +178,15 @@ class VLLMEngine:
         weights = [w for chunk in chunked(names, self.sync_chunk_bytes) for w in chunk]
         self.llm.collective_rpc(lambda worker: _reload_in_worker(worker, weights))
 
-    def adapter_dir(self) -> str:
-        """Where the trainer writes the adapter to push: RAM-backed (/dev/shm) when the
-        machine has it, so a push never touches a disk; vLLM reads LoRA from a path."""
-        return self._lora_dir
-
     def load_adapter(self, adapter: Any) -> None:
-        """Serve this peft adapter folder from now on, replacing the previous adapter in
-        place (same id, `load_inplace`): the base weights stay as they are."""
+        """Serve this adapter (a peft folder, or an in-memory `Adapter`) from now on,
+        replacing the previous one in place (same id, `load_inplace`): the base weights
+        stay as they are. vLLM reads LoRA from a folder, so an `Adapter` is written to a
+        RAM-backed one (/dev/shm where the machine has it): a push never touches a disk."""
         from vllm.lora.request import LoRARequest
 
+        if not isinstance(adapter, str):
+            adapter = adapter.write(self._lora_dir)
         self.lora = LoRARequest("policy", 1, str(adapter), load_inplace=True)
 
     def sleep(self) -> None:
