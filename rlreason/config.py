@@ -281,8 +281,9 @@ class TrainConfig(_Section):
     adam_beta2: float = Field(0.99, description="AdamW beta2.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     seed: int = Field(0, description="Seeds data order, sampling and initialisation.")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
-        "no", description="Autocast compute dtype (accelerate); keep model.dtype float32 with it."
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = Field(
+        None, description="Autocast compute dtype (accelerate); keep model.dtype float32 with it. "
+        "Unset: the accelerate launch config's, else no."
     )
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")

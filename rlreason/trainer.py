@@ -292,6 +292,7 @@ def _step_metrics(run: Run, problems: list[Problem], completions: list[Completio
         "tokens_per_s": n_tok / dt,
         "lr": run.scheduler.get_last_lr()[0],
         "world_size": run.accelerator.num_processes,
+        "strategy": strategy(run.accelerator),
     }
     if len(raw) > 1:
         out.update({f"rewards/{k}": sum(v) / len(v) for k, v in raw.items()})
