@@ -91,6 +91,25 @@ def _gather_zero3(module, trainable_only: bool, chunk_bytes: int):
             chunk, size = [], 0
 
 
+@contextlib.contextmanager
+def whole_weights_at_load(acc):
+    """Load models whole on every rank unless the DeepSpeed config asks for ZeRO-3's
+    partitioned loading (zero3_init_flag). accelerate registers its DeepSpeed config with
+    transformers for any ZeRO-3 run, and from_pretrained then partitions at load whatever
+    the flag says; the flag is honoured here, so the rollout copy can be made."""
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is None or plugin.zero_stage != 3 or plugin.is_zero3_init_enabled():
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
+
 def inference_copy(model, acc) -> torch.nn.Module:
     """A whole, unsharded copy of the (not yet prepared) policy for the transformers
     rollout backend when training shards parameters; the trainer refreshes it through

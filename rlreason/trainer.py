@@ -33,6 +33,7 @@ from .sharding import (
     native_checkpoint,
     shards_parameters,
     strategy,
+    whole_weights_at_load,
 )
 from .types import Adapter, Completion, Problem, SamplingParams
 
@@ -466,10 +467,11 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     if not rewards:
         raise ValueError("rewards: at least one reward is needed, e.g. [{name: math}]")
     train, held = load_data(cfg)
-    model, tok, path = load_policy(cfg.model, cfg.data.synthetic, log=log)
-    ref = None
-    if cfg.algo.beta > 0 and not cfg.model.lora.enabled:
-        ref = load_reference(path, cfg.model).to(accelerator.device)
+    with whole_weights_at_load(accelerator):
+        model, tok, path = load_policy(cfg.model, cfg.data.synthetic, log=log)
+        ref = None
+        if cfg.algo.beta > 0 and not cfg.model.lora.enabled:
+            ref = load_reference(path, cfg.model).to(accelerator.device)
 
     cache: dict[tuple, list[int]] = {}
     d = cfg.data

@@ -125,7 +125,7 @@ class StaticCacheDecoder:
         bias = None
         if L == 1:  # additive form for the decode path, repeated per head: [B*H, 1, c1]
             H = self.inner.layers[0].self_attn.config.num_attention_heads
-            bias = torch.zeros(mask.shape, dtype=torch.float32, device=ids.device)
+            bias = torch.zeros(mask.shape, dtype=self.k[0].dtype, device=ids.device)  # q's dtype
             bias = bias.masked_fill(~mask, float("-inf")).repeat_interleave(H, dim=0)[:, 0]
         h = self.inner.embed_tokens(ids)
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [B, 1, L, head_dim]
