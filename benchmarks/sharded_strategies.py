@@ -88,8 +88,8 @@ def main() -> None:
             tail = log.read_text()[-2500:] if log.exists() else ""
             results["runs"][name] = {"ok": False, "error": str(e), "log_tail": tail}
         print(json.dumps({name: results["runs"][name]}, indent=1), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=1))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after each: a killed run keeps the rest
+        Path(args.out).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -160,6 +160,22 @@ def check_deepspeed_config(acc, cfg) -> None:
     ds["train_batch_size"] = cfg.train.micro_batch_size * acc.num_processes
 
 
+def reduce_in_float32(acc) -> None:
+    """FSDP2 with bf16: keep bf16 compute but reduce (and store) gradients in float32.
+
+    accelerate's default policy reduces in the compute dtype; with frozen and trainable
+    parameters side by side (LoRA) torch then assigns a bf16 gradient to a float32 shard
+    and stops (measured: torch 2.11, accelerate 1.15, H100). Float32 reduction is also
+    what policy-gradient losses of small magnitude want."""
+    plugin = getattr(acc.state, "fsdp_plugin", None)
+    policy = getattr(plugin, "mixed_precision_policy", None)
+    if strategy(acc) != "fsdp2" or policy is None or getattr(policy, "reduce_dtype", None) in (None, torch.float32):
+        return
+    import dataclasses
+
+    plugin.mixed_precision_policy = dataclasses.replace(policy, reduce_dtype=torch.float32)
+
+
 @contextlib.contextmanager
 def accumulation_boundary(acc, model, is_last: bool):
     """One micro-batch of an optimizer step: gradients are synchronised (DDP, FSDP) or the

@@ -31,6 +31,7 @@ from .sharding import (
     gathered_parameters,
     inference_copy,
     native_checkpoint,
+    reduce_in_float32,
     shards_parameters,
     strategy,
     whole_weights_at_load,
@@ -460,6 +461,7 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
                               mixed_precision=cfg.train.mixed_precision)
     check_batch(cfg, accelerator.num_processes)
     check_deepspeed_config(accelerator, cfg)
+    reduce_in_float32(accelerator)
     if cfg.algo.num_generations < 2:
         raise ValueError("algo.num_generations must be >= 2 (advantages compare a group)")
     rewards = [(RewardFunction(r.name, timeout_s=r.timeout_s, kwargs=r.kwargs), r.weight)
