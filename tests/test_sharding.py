@@ -131,7 +131,8 @@ def test_inference_copy_follows_the_policy_after_each_step(tiny_recipe, monkeypa
     engine samples from a copy, and sync_weights makes it equal to the trained policy."""
     monkeypatch.setattr("rlreason.trainer.shards_parameters", lambda acc: True)
     extra = ["model.lora.enabled=true", "model.lora.r=4"] if lora else []
-    run = build_run(tiny_recipe(*extra, "train.learning_rate=1e-2", "algo.skip_zero_advantage=false"),
+    signal = "rewards=[{name: format, kwargs: {pattern: '1'}}]"  # non-zero advantages, any seed
+    run = build_run(tiny_recipe(*extra, signal, "train.learning_rate=1e-2", "algo.skip_zero_advantage=false"),
                     log=lambda s: None)
     assert not run.engine.shares_module and run.engine.model is not run.policy
     for _ in range(2):
