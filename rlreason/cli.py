@@ -157,6 +157,13 @@ def _skill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from .rollout.server import serve
+
+    serve(args)
+    return 0
+
+
 def _recipe_command(sub, name: str, func, help: str, description: str) -> argparse.ArgumentParser:
     """A subcommand that takes a recipe YAML and dotted overrides."""
     p = sub.add_parser(name, help=help, description=description)
@@ -215,6 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("vector")
     i.add_argument("other", nargs="?")
     k.set_defaults(func=_skill)
+    sv = sub.add_parser(
+        "serve", help="server mode: a rollout engine on its own GPUs for trainers elsewhere",
+        description="Serve generation over HTTP for trainers with rollout.backend=server; they push "
+        "weights (or a LoRA adapter) after every step over NCCL (GPUs) or gloo (CPUs). The engine "
+        "starts from --model; the trainer's first push replaces its weights.")
+    sv.add_argument("--model", required=True, help="hub id or local folder (same architecture as the policy)")
+    sv.add_argument("--backend", choices=["vllm", "hf"], default="vllm")
+    sv.add_argument("--host", default="0.0.0.0")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--dtype", default="auto", help="weight dtype: auto, bfloat16, float32")
+    sv.add_argument("--max-model-len", type=int, default=4096)
+    sv.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    sv.add_argument("--tensor-parallel-size", type=int, default=1)
+    sv.add_argument("--enable-lora", action="store_true", help="serve the trainer's LoRA adapter (vllm)")
+    sv.add_argument("--max-lora-rank", type=int, default=16)
+    sv.add_argument("--seed", type=int, default=0)
+    sv.set_defaults(func=_serve)
     c = sub.add_parser("config", help="print a resolved recipe, or the field reference",
                        description="Print the recipe with every default filled in.")
     c.add_argument("recipe", nargs="?", help="recipe YAML (default: built-in defaults)")

@@ -137,7 +137,9 @@ class RewardSpec(_Section):
 
 
 class RolloutConfig(_Section):
-    backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine.")
+    backend: Literal["hf", "vllm", "server"] = Field(
+        "hf", description="Generation engine: hf (in-process), vllm (colocated), server (`rlreason serve`)."
+    )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_completion_length: int = Field(64, gt=0, description="Maximum new tokens per completion.")
@@ -153,6 +155,10 @@ class RolloutConfig(_Section):
         None, gt=0, description="vLLM context length (default: max prompt + completion length)."
     )
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
+    server_url: str = Field("http://127.0.0.1:8000", description="backend=server: where `rlreason serve` listens.")
+    server_timeout_s: float = Field(600.0, gt=0, description="backend=server: wait this long for the server.")
+    server_transfer_host: str | None = Field(
+        None, description="backend=server: this trainer's address as the server sees it (default: found).")
 
 
 class AlgoConfig(_Section):

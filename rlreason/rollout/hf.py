@@ -94,10 +94,22 @@ class HFEngine:
                 params[name].copy_(tensor)
 
     def load_adapter(self, adapter: Any) -> None:
-        """A peft adapter folder, an `Adapter`, or its tensors (peft's saved names)."""
-        from peft import set_peft_model_state_dict
+        """A peft adapter folder, an `Adapter`, or its tensors (peft's saved names). A plain
+        model is wrapped with the adapter's own config at the first one (a rollout server
+        starts from the base model and learns the adapter's shape from the trainer)."""
+        from peft import PeftModel, set_peft_model_state_dict
         from safetensors.torch import load_file
 
+        if not isinstance(self.model, PeftModel):
+            if hasattr(adapter, "config"):
+                from peft import get_peft_model
+
+                self.model = get_peft_model(self.model, adapter.config)
+            elif isinstance(adapter, str):
+                self.model = PeftModel.from_pretrained(self.model, adapter)
+                return
+            else:
+                raise ValueError("load_adapter: a plain model needs a peft folder or an Adapter (with its config)")
         if isinstance(adapter, str):
             adapter = load_file(f"{adapter}/adapter_model.safetensors")
         tensors = getattr(adapter, "tensors", adapter)

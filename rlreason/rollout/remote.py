@@ -1,0 +1,181 @@
+"""The trainer's side of server mode (`rollout.backend: server`): a RolloutEngine whose
+generation happens in `rlreason serve`, elsewhere.
+
+Prompts go as token ids, completions come back with their sampling log-probs (the
+importance-sampling correction and mismatch metrics work as with the colocated engines).
+Weight pushes stream in chunks: each chunk's names, dtypes and shapes over HTTP, its
+tensors by broadcast over the transfer group (transfer.py); the server applies the whole
+set at the last chunk. Under data parallelism every rank generates for its own prompts,
+while rank 0 alone pushes (ranks hold the same weights; sharded ones take part in the
+gathering, which is collective, and drop the result).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from ..types import Completion, SamplingParams
+from . import transfer
+from .server import completion_from_json, sampling_to_json
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def _with_last(items: Iterable) -> Iterator[tuple[Any, bool]]:
+    it = iter(items)
+    try:
+        prev = next(it)
+    except StopIteration:
+        return
+    for x in it:
+        yield prev, False
+        prev = x
+    yield prev, True
+
+
+class RemoteEngine:
+    shares_module = False
+
+    def __init__(self, url: str, tokenizer, *, seed: int = 0, timeout_s: float = 600.0,
+                 transfer_host: str | None = None, chunk_bytes: int = 1 << 30):
+        self.url = url.rstrip("/")
+        self.tokenizer = tokenizer
+        self.seed, self.calls = seed, 0
+        self.timeout_s = timeout_s
+        self.chunk_bytes = chunk_bytes
+        self.pushes_weights = int(os.environ.get("RANK", "0")) == 0
+        self.info = self._wait_until_up()
+        host = urlparse(self.url).hostname or "127.0.0.1"
+        local = host in ("127.0.0.1", "localhost", "::1")
+        # the address the server dials to reach this trainer's transfer store
+        self.transfer_host = transfer_host or ("127.0.0.1" if local else socket.gethostbyname(socket.gethostname()))
+        self.group = None
+
+    # ------------------------------------------------------------ HTTP
+    def _call(self, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout_s) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            try:
+                msg = json.loads(e.read()).get("error", "")
+            except ValueError:
+                msg = ""
+            raise ServerError(f"rollout server {self.url}{path}: HTTP {e.code}: {msg}") from e
+
+    def _wait_until_up(self) -> dict:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return self._call("/health", timeout=5)
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+                if time.monotonic() > deadline:
+                    raise ServerError(
+                        f"rollout.server_url={self.url}: no rlreason server answered within "
+                        f"{self.timeout_s:.0f} s ({e}); start one with `rlreason serve --model ...`") from e
+                time.sleep(1.0)
+
+    def _call_async(self, path: str, body: dict) -> tuple[threading.Thread, dict]:
+        """POST in a thread: the server's handler blocks in the collective until this side
+        joins it, so the request and our side of the broadcast run concurrently."""
+        box: dict = {}
+
+        def run():
+            try:
+                box["reply"] = self._call(path, body)
+            except Exception as e:  # re-raised on the caller's thread by _join
+                box["error"] = e
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t, box
+
+    @staticmethod
+    def _join(t: threading.Thread, box: dict) -> dict:
+        t.join()
+        if "error" in box:
+            raise box["error"]
+        return box["reply"]
+
+    # ------------------------------------------------------------ protocol
+    def generate(self, prompt_token_ids: list[list[int]], n: int,
+                 sampling: SamplingParams) -> list[list[Completion]]:
+        if sampling.seed is None:  # the per-call seed stream, checkpointed like the other engines'
+            sampling = SamplingParams(**{**sampling.__dict__, "seed": self.seed * 1_000_003 + self.calls})
+        self.calls += 1
+        reply = self._call("/generate", {"prompt_token_ids": [list(p) for p in prompt_token_ids], "n": n,
+                                         "sampling": sampling_to_json(sampling)})
+        return [[completion_from_json(p, c) for c in g] for p, g in zip(prompt_token_ids, reply["completions"])]
+
+    def _device(self) -> torch.device:
+        if self.info["transfer_backend"] == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def _ensure_group(self) -> None:
+        if self.group is not None:
+            return
+        port = transfer.free_port()
+        t, box = self._call_async("/init_transfer", {"host": self.transfer_host, "port": port, "world_size": 2})
+        self.group = transfer.open_group(self.transfer_host, port, 0, 2, self.info["transfer_backend"])
+        self._join(t, box)
+
+    def _push(self, path: str, named: list[tuple[str, torch.Tensor]], **extra) -> None:
+        t, box = self._call_async(path, {"meta": transfer.tensor_meta(named), **extra})
+        transfer.send_tensors(self.group, (x for _, x in named), self._device())
+        self._join(t, box)
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        from .vllm import chunked
+
+        if not self.pushes_weights:
+            for _ in named_tensors:  # take part in a collective gather, send nothing
+                pass
+            return
+        self._ensure_group()
+        for chunk, last in _with_last(chunked(named_tensors, self.chunk_bytes)):
+            self._push("/update_weights", chunk, final=last)
+
+    def load_adapter(self, adapter: Any) -> None:
+        if not self.pushes_weights:
+            return
+        if isinstance(adapter, str):
+            from safetensors.torch import load_file
+
+            config = (Path(adapter) / "adapter_config.json").read_text()
+            tensors = load_file(str(Path(adapter) / "adapter_model.safetensors"))
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                adapter.config.save_pretrained(d)
+                config = (Path(d) / "adapter_config.json").read_text()
+            tensors = adapter.tensors
+        self._ensure_group()
+        self._push("/load_adapter", sorted(tensors.items()), config=config)
+
+    def sleep(self) -> None:  # the server's GPUs are its own: nothing to hand back
+        pass
+
+    def wake(self) -> None:
+        pass
+
+    def rng_state(self) -> int:
+        return self.calls
+
+    def set_rng_state(self, state: Any) -> None:
+        self.calls = int(state)
