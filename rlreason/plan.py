@@ -90,6 +90,8 @@ def estimate(cfg, gpus: int, gpu_gib: float, strategy: str) -> dict[str, Any]:
     out: dict[str, Any] = {"params": n, "trainable": trainable, "strategy": strategy, "gpus": gpus,
                            "gib": {"weights": weights / GiB, "gradients": grads / GiB,
                                    "optimizer": optim / GiB, "activations": (activations + logits) / GiB}}
+    if cfg.rollout.backend == "hf" and shard_weights:  # the transformers backend's whole copy
+        out["gib"]["rollout_copy"] = n * w_bytes / GiB
     if cfg.rollout.backend == "vllm":
         seqs = cfg.train.prompts_per_step * cfg.algo.num_generations / gpus
         kv = 2 * s.layers * s.kv_heads * s.head_dim * 2 * seq * seqs  # bf16 K and V

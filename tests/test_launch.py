@@ -23,7 +23,7 @@ def test_accelerate_configs(name):
         assert ds["gradient_accumulation_steps"] == 1
 
 
-@pytest.mark.parametrize("script", ["train_multinode.sbatch", "train_single_node.sbatch"])
+@pytest.mark.parametrize("script", ["train_multinode.sbatch", "train_single_node.sbatch", "train_with_server.sbatch"])
 def test_slurm_scripts_are_valid_bash(script):
     subprocess.run(["bash", "-n", str(ROOT / "slurm" / script)], check=True)
 
@@ -46,3 +46,19 @@ def test_single_node_dry_run():
     out = subprocess.run(["bash", str(ROOT / "slurm" / "train_single_node.sbatch"), "recipes/x.yaml"],
                          env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "--num_processes 4" in out and "configs/accelerate/ddp.yaml" in out
+
+
+def test_server_mode_dry_run_puts_the_server_on_the_first_node():
+    env = {**os.environ, "DRY_RUN": "1", "SLURM_NNODES": "3", "SLURM_GPUS_PER_NODE": "8",
+           "SLURM_JOB_NODELIST": "gpu-a1,gpu-a2,gpu-a3"}
+    out = subprocess.run(["bash", str(ROOT / "slurm" / "train_with_server.sbatch"), "recipes/grpo_full_gsm8k.yaml",
+                          "algo.beta=0.0"], env=env, cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()
+    assert out[0].startswith("gpu-a1: rlreason serve --model Qwen/Qwen2.5-0.5B-Instruct")
+    assert len(out) == 3
+    for rank, line in enumerate(out[1:]):
+        assert line.startswith(f"gpu-a{rank + 2}: accelerate launch")
+        assert "--num_machines 2 --num_processes 16" in line and f"--machine_rank {rank} " in line
+        assert "--main_process_ip gpu-a2" in line
+        assert line.endswith("train recipes/grpo_full_gsm8k.yaml algo.beta=0.0 rollout.backend=server "
+                             "rollout.server_url=http://gpu-a1:8000")

@@ -35,6 +35,11 @@ def test_sharding_and_oom_warnings(tmp_path):
     lora = estimate(load_config(None, [f"model.name_or_path={tmp_path / 'm'}", "model.lora.enabled=true",
                                        "model.dtype=bfloat16", "train.micro_batch_size=4"]), 1, 24.0, "ddp")
     assert lora["trainable"] < 0.05 * lora["params"] and lora["fits"]
+    # sharded weights with the transformers rollout backend: each GPU also holds a whole copy
+    hf = load_config(None, [f"model.name_or_path={tmp_path / 'm'}", "model.dtype=bfloat16"])
+    z3 = estimate(hf, 8, 24.0, "zero3")
+    assert z3["gib"]["rollout_copy"] == pytest.approx(one["gib"]["weights"])
+    assert "rollout_copy" not in estimate(hf, 8, 24.0, "zero2")["gib"]
 
 
 def test_cli_exit_code_says_whether_it_fits(capsys):
