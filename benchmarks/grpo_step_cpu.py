@@ -112,7 +112,7 @@ def starts_with(completion: str, problem) -> float:
     return 1.0 if completion.strip().startswith(problem.answer) else 0.0
 
 
-def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int, decode_threads: int | None = None) -> dict:
+def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int) -> dict:
     from rlreason.config import RecipeConfig
     from rlreason.rewards import RewardFunction
     from rlreason.trainer import build_run, rl_step
@@ -124,7 +124,7 @@ def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int, decode_th
         "data": {"source": str(data), "template": "plain"},
         "rewards": [{"name": "exact_match"}],  # replaced by `starts_with` below
         "rollout": {"backend": "hf", "temperature": 1.0, "top_p": 1.0,
-                    "max_completion_length": MAX_COMPLETION_LENGTH, "decode_threads": decode_threads},
+                    "max_completion_length": MAX_COMPLETION_LENGTH},
         # loss_type: TRL 1.16's GRPOConfig default is "dapo"; adam/scheduler as TRL's defaults.
         # skip_zero_advantage off: the untrained model scores 0 on every sample, so every
         # advantage is 0 and rlreason would (exactly) skip all training work; TRL does not,
@@ -252,8 +252,6 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="first steps excluded from the median")
     ap.add_argument("--out", default="benchmarks/results/grpo_step_cpu.json")
     ap.add_argument("--only", choices=["rlreason", "trl"], default=None)
-    ap.add_argument("--decode-threads", type=int, default=None,
-                    help="rollout.decode_threads for rlreason (default: the config's)")
     args = ap.parse_args()
     if args.steps <= args.warmup:
         ap.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
@@ -296,8 +294,7 @@ def main() -> None:
         # Progress/log lines of either trainer go to stderr: stdout carries only the JSON.
         with contextlib.redirect_stdout(sys.stderr):
             if args.only in (None, "rlreason"):
-                result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup,
-                                                    decode_threads=args.decode_threads)
+                result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup)
             if args.only in (None, "trl"):
                 result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup)
     env["loadavg_end"] = list(os.getloadavg())

@@ -144,9 +144,6 @@ class RolloutConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_completion_length: int = Field(64, gt=0, description="Maximum new tokens per completion.")
     batch_size: int = Field(256, gt=0, description="Sequences decoded together by the hf backend.")
-    decode_threads: int | None = Field(
-        None, gt=0, description="hf backend on CPU: torch threads while decoding (unset: as training)."
-    )
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="GPU memory fraction for a colocated vLLM engine."
     )

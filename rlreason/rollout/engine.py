@@ -55,7 +55,7 @@ def make_engine(cfg, model, tokenizer, *, model_path: str, seed: int, max_prompt
     if cfg.backend == "hf":
         from .hf import HFEngine
 
-        return HFEngine(model, tokenizer, batch_size=cfg.batch_size, seed=seed, threads=cfg.decode_threads,
+        return HFEngine(model, tokenizer, batch_size=cfg.batch_size, seed=seed,
                         shares_module=shares_module)
     if cfg.backend == "vllm":
         from .vllm import VLLMEngine

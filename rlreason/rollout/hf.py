@@ -53,29 +53,13 @@ def eval_mode(model):
         model.train(was_training)
 
 
-@contextmanager
-def cpu_threads(n: int | None, device: torch.device):
-    """Decode with `n` CPU threads, then restore. A decode step is dozens of tiny ops on a
-    few rows; splitting each over threads costs a fork/join per op, more than it saves."""
-    if not n or device.type != "cpu" or n == torch.get_num_threads():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class HFEngine:
     """`shares_module`: True when `model` is the trainer's own module (nothing to push);
     False for an inference copy (sharded training), refreshed through `update_weights`."""
 
     def __init__(self, model, tokenizer, *, batch_size: int = 256, seed: int = 0,
-                 static_cache: bool = True, shares_module: bool = True, threads: int | None = None):
+                 static_cache: bool = True, shares_module: bool = True):
         self.model = model
-        self.threads = threads
         self.shares_module = shares_module
         self.static_cache = static_cache
         self.compact_at = 0.75  # shrink the KV cache once a quarter of its rows finished
@@ -96,7 +80,7 @@ class HFEngine:
             self.generator.manual_seed(sampling.seed)
         flat = [list(p) for p in prompt_token_ids for _ in range(n)]
         done: list[Completion] = []
-        with eval_mode(self.model), torch.inference_mode(), cpu_threads(self.threads, self.device):
+        with eval_mode(self.model), torch.inference_mode():
             for i in range(0, len(flat), self.batch_size):
                 done.extend(self._decode(flat[i : i + self.batch_size], sampling))
         return [done[i * n : (i + 1) * n] for i in range(len(prompt_token_ids))]
