@@ -112,7 +112,7 @@ def starts_with(completion: str, problem) -> float:
     return 1.0 if completion.strip().startswith(problem.answer) else 0.0
 
 
-def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int) -> dict:
+def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int, rollout_dtype: str = "auto") -> dict:
     from rlreason.config import RecipeConfig
     from rlreason.rewards import RewardFunction
     from rlreason.trainer import build_run, rl_step
@@ -124,7 +124,7 @@ def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int) -> dict:
         "data": {"source": str(data), "template": "plain"},
         "rewards": [{"name": "exact_match"}],  # replaced by `starts_with` below
         "rollout": {"backend": "hf", "temperature": 1.0, "top_p": 1.0,
-                    "max_completion_length": MAX_COMPLETION_LENGTH},
+                    "max_completion_length": MAX_COMPLETION_LENGTH, "dtype": rollout_dtype},
         # loss_type: TRL 1.16's GRPOConfig default is "dapo"; adam/scheduler as TRL's defaults.
         # skip_zero_advantage off: the untrained model scores 0 on every sample, so every
         # advantage is 0 and rlreason would (exactly) skip all training work; TRL does not,
@@ -252,6 +252,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="first steps excluded from the median")
     ap.add_argument("--out", default="benchmarks/results/grpo_step_cpu.json")
     ap.add_argument("--only", choices=["rlreason", "trl"], default=None)
+    ap.add_argument("--bf16-rollouts", action="store_true",
+                    help="also time rlreason with rollout.dtype=bfloat16 (fp32 training, bf16 sampling)")
     args = ap.parse_args()
     if args.steps <= args.warmup:
         ap.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
@@ -295,6 +297,10 @@ def main() -> None:
         with contextlib.redirect_stdout(sys.stderr):
             if args.only in (None, "rlreason"):
                 result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup)
+                if args.bf16_rollouts:  # the same training, sampling from a bf16 copy
+                    seed_all()
+                    result["rlreason_bf16_rollouts"] = bench_rlreason(model_dir, work, args.steps, args.warmup,
+                                                                      rollout_dtype="bfloat16")
             if args.only in (None, "trl"):
                 result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup)
     env["loadavg_end"] = list(os.getloadavg())
@@ -302,6 +308,9 @@ def main() -> None:
     if r and t and r["median_step_s"] and t["median_step_s"]:
         result["ratio"] = r["median_step_s"] / t["median_step_s"]
         result["meets_target"] = result["ratio"] <= TARGET_RATIO
+        b = result.get("rlreason_bf16_rollouts")
+        if b and b["median_step_s"]:  # reported beside the same-precision ratio, not instead of it
+            result["ratio_bf16_rollouts"] = b["median_step_s"] / t["median_step_s"]
     text = json.dumps(result, indent=2)
     if args.out:
         out = Path(args.out)

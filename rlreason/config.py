@@ -144,6 +144,10 @@ class RolloutConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_completion_length: int = Field(64, gt=0, description="Maximum new tokens per completion.")
     batch_size: int = Field(256, gt=0, description="Sequences decoded together by the hf backend.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="hf backend: sample from a copy of the weights in this dtype, refreshed every "
+        "step (auto: from the trainer's own module). Mismatch is corrected by algo.importance_sampling."
+    )
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="GPU memory fraction for a colocated vLLM engine."
     )

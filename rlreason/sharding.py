@@ -110,10 +110,11 @@ def whole_weights_at_load(acc):
         plugin.set_deepspeed_weakref()
 
 
-def inference_copy(model, acc) -> torch.nn.Module:
+def inference_copy(model, acc, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """A whole, unsharded copy of the (not yet prepared) policy for the transformers
-    rollout backend when training shards parameters; the trainer refreshes it through
-    `gathered_parameters` before every rollout. Parameters materialised lazily (meta
+    rollout backend when training shards parameters, or samples in another dtype
+    (rollout.dtype); the trainer refreshes it through `gathered_parameters` before every
+    rollout. Parameters materialised lazily (meta
     tensors, ZeRO-3 partitions) cannot be copied: the error says which setting to turn off."""
     import copy
 
@@ -124,7 +125,7 @@ def inference_copy(model, acc) -> torch.nn.Module:
                 f"at load time ({name} is {'a ZeRO-3 partition' if hasattr(p, 'ds_id') else 'on meta'}): "
                 "set zero3_init_flag: false (DeepSpeed) or fsdp_cpu_ram_efficient_loading: false (FSDP) "
                 "in the accelerate config, or use rollout.backend=vllm")
-    twin = copy.deepcopy(model).to(acc.device)
+    twin = copy.deepcopy(model).to(acc.device, dtype=dtype)
     for p in twin.parameters():
         p.requires_grad_(False)
     return twin.eval()

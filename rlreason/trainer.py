@@ -454,7 +454,7 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     from accelerate import Accelerator
 
     from .data.templates import encode_prompts
-    from .models import load_policy, load_reference
+    from .models import _DTYPES, load_policy, load_reference
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -497,10 +497,14 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
     scheduler = make_scheduler(optimizer, cfg)
-    # sharded training: the transformers backend samples from a whole copy, refreshed by
-    # sync_weights (a colocated vLLM engine holds one too)
-    sharded = shards_parameters(accelerator)
-    twin = inference_copy(model, accelerator) if sharded and cfg.rollout.backend == "hf" else None
+    # the transformers backend samples from a whole copy, refreshed by sync_weights (a
+    # colocated vLLM engine holds one too), when training shards parameters or rollouts
+    # run in another dtype
+    rollout_dtype = _DTYPES.get(cfg.rollout.dtype)
+    other_dtype = rollout_dtype is not None and rollout_dtype != next(model.parameters()).dtype
+    twin = None
+    if cfg.rollout.backend == "hf" and (shards_parameters(accelerator) or other_dtype):
+        twin = inference_copy(model, accelerator, dtype=rollout_dtype)
     model, optimizer = accelerator.prepare(model, optimizer)
     engine = make_engine(cfg.rollout, twin if twin is not None else accelerator.unwrap_model(model),
                          tok, model_path=path, seed=cfg.train.seed,

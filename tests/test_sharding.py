@@ -186,3 +186,19 @@ def test_strategy_names():
     fsdp = SimpleNamespace(distributed_type="FSDP", is_fsdp2=True, num_processes=2)
     assert sharding.strategy(fsdp) == "fsdp2" and sharding.shards_parameters(fsdp)
     assert sys.modules["rlreason.sharding"] is sharding
+
+
+def test_bf16_rollouts_sample_from_a_refreshed_copy_and_report_the_mismatch(tiny_recipe):
+    """rollout.dtype=bfloat16: float32 training, sampling from a bf16 copy synced every
+    step; the sampler/trainer log-prob gap is measured and importance-corrected."""
+    run = build_run(tiny_recipe("rollout.dtype=bfloat16", "algo.skip_zero_advantage=false",
+                                "rewards=[{name: format, kwargs: {pattern: '1'}}]"), log=lambda s: None)
+    assert not run.engine.shares_module
+    assert next(run.engine.model.parameters()).dtype == torch.bfloat16
+    assert next(run.policy.parameters()).dtype == torch.float32
+    for _ in range(2):
+        m = rl_step(run)
+        assert 0 < m["logprob_diff_mean"] < 0.1 and "is_weight_mean" in m
+        sync_weights(run)
+        twin = dict(run.engine.model.named_parameters())
+        assert all(torch.equal(twin[n], p.detach().to(torch.bfloat16)) for n, p in run.policy.named_parameters())
