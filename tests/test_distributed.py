@@ -46,7 +46,7 @@ def test_two_process_ddp_step_equals_one_process(tmp_path):
     m = optimize(run, fixed_sequences(run))
     assert m["loss"] == pytest.approx(ddp["loss"], rel=1e-5, abs=1e-7)
     ddp_params = torch.load(tmp_path / "ddp_params.pt")
-    diff = max(float((p.detach() - ddp_params[n]).abs().max()) for n, p in run.policy.named_parameters())
+    diff = max(float((p.detach().cpu() - ddp_params[n]).abs().max()) for n, p in run.policy.named_parameters())
     print(f"max |weight difference| after the step: {diff:.2e}")
     # Adam moves each weight by ~lr whatever the gradient's size, so summation-order noise
     # in near-zero gradients shows up at a small fraction of lr: allow 0.1% of one step

@@ -168,8 +168,11 @@ def test_skipping_zero_advantage_sequences_is_exact(tiny_recipe, loss_type):
     (m0, p0), (m1, p1) = results
     assert m0["frac_skipped"] == 0.0 and m1["frac_skipped"] == 0.75
     assert m0["loss"] == pytest.approx(m1["loss"], abs=1e-7)
+    # exact in arithmetic; on a GPU, kernels chosen by batch shape round differently, and
+    # Adam turns that into up to ~1% of one step (lr 1e-3) on near-zero gradients
+    atol = 1e-7 if p0[next(iter(p0))].device.type == "cpu" else 1e-5
     for k in p0:
-        assert torch.allclose(p0[k], p1[k], atol=1e-7), k
+        assert torch.allclose(p0[k], p1[k], atol=atol), k
 
 
 def test_importance_weights_are_truncated_ratios_of_trainer_to_sampler():
