@@ -308,6 +308,7 @@ class TrainConfig(_Section):
     log_every: int = Field(1, ge=1, description="Progress line every N steps when not a TTY.")
     plot: bool = Field(True, description="Write reward_curve.png at the end.")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's).")
+    use_cpu: bool = Field(False, description="Train on the CPU even where a GPU is visible (TRL's use_cpu).")
 
 
 class RecipeConfig(_Section):

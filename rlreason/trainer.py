@@ -459,7 +459,7 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+    accelerator = Accelerator(cpu=cfg.train.use_cpu or not torch.cuda.is_available(),
                               mixed_precision=cfg.train.mixed_precision)
     check_batch(cfg, accelerator.num_processes)
     check_deepspeed_config(accelerator, cfg)

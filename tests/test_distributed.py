@@ -42,7 +42,9 @@ def test_two_process_ddp_step_equals_one_process(tmp_path):
     ddp = json.loads((tmp_path / "ddp.json").read_text())
     assert ddp["world"] == 2
     # the same step in one process, on the whole global batch
-    run = build_run(make_cfg(tmp_path, "single"), log=lambda s: None)
+    cfg = make_cfg(tmp_path, "single")  # on the CPU like the gloo ranks, also where a GPU is visible
+    run = build_run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"use_cpu": True})}),
+                    log=lambda s: None)
     m = optimize(run, fixed_sequences(run))
     assert m["loss"] == pytest.approx(ddp["loss"], rel=1e-5, abs=1e-7)
     ddp_params = torch.load(tmp_path / "ddp_params.pt")
