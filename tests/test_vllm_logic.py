@@ -54,3 +54,64 @@ def test_lora_rank_rounds_up_to_a_rank_vllm_serves():
     assert [lora_rank_slot(r) for r in (1, 4, 8, 9, 300)] == [1, 8, 8, 16, 320]
     with pytest.raises(ValueError, match="model.lora.r"):
         lora_rank_slot(1024)
+
+
+class _StubLLM:
+    def __init__(self, log):
+        self.log = log
+
+    def sleep(self, level=1):
+        self.log.append("sleep")
+
+    def wake_up(self):
+        self.log.append("wake_up")
+
+    def collective_rpc(self, fn):
+        self.log.append("reload")
+
+
+def test_a_sleeping_engine_wakes_before_it_takes_new_weights():
+    """The known failure elsewhere: weights pushed to a sleeping engine are lost at wake-up.
+    Here every push wakes the engine first, and generation never starts asleep."""
+    from rlreason.rollout.vllm import VLLMEngine
+
+    log: list[str] = []
+    eng = object.__new__(VLLMEngine)  # the engine's own logic, vLLM itself stubbed
+    eng.llm, eng.sleep_mode, eng.sleeping, eng.tie_word_embeddings = _StubLLM(log), True, False, False
+    eng.sync_chunk_bytes = 1 << 20
+    eng.sleep()
+    eng.sleep()  # already asleep: no second call
+    eng.update_weights([("model.norm.weight", torch.ones(4))])
+    assert log == ["sleep", "wake_up", "reload"] and not eng.sleeping
+    eng.sleep_mode = False
+    eng.sleep()  # sleep mode off: sleep() is a no-op
+    assert log[-1] == "reload"
+
+
+def test_trainer_pushes_after_every_step_before_sampling(tiny_recipe):
+    """Order of engine calls over two steps: push, generate, sleep; the engine never
+    samples from weights older than the last optimizer step."""
+    from rlreason.rollout.hf import HFEngine
+    from rlreason.sharding import inference_copy
+    from rlreason.trainer import build_run, rl_step
+
+    run = build_run(tiny_recipe("algo.skip_zero_advantage=false"), log=lambda s: None)
+    events: list[str] = []
+
+    class Recording(HFEngine):
+        def update_weights(self, named):
+            events.append("push")
+            super().update_weights(named)
+
+        def generate(self, *a, **k):
+            stale = any(not torch.equal(p, q) for p, q in zip(self.model.parameters(), run.policy.parameters()))
+            events.append("generate-stale" if stale else "generate")
+            return super().generate(*a, **k)
+
+        def sleep(self):
+            events.append("sleep")
+
+    run.engine = Recording(inference_copy(run.policy, run.accelerator), run.tokenizer, shares_module=False)
+    for _ in range(2):
+        rl_step(run)
+    assert events == ["push", "generate", "sleep"] * 2
