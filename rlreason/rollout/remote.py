@@ -47,6 +47,18 @@ def _with_last(items: Iterable) -> Iterator[tuple[Any, bool]]:
     yield prev, True
 
 
+def _address_towards(url) -> str:
+    """This machine's address on the interface that routes to the server (a UDP socket's
+    connect sends nothing; it only picks the route). The hostname's address can be a
+    loopback alias (127.0.1.1 on Debian) that the server cannot reach."""
+    host = url.hostname or "127.0.0.1"
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, url.port or 80))
+        return s.getsockname()[0]
+
+
 class RemoteEngine:
     shares_module = False
 
@@ -59,10 +71,8 @@ class RemoteEngine:
         self.chunk_bytes = chunk_bytes
         self.pushes_weights = int(os.environ.get("RANK", "0")) == 0
         self.info = self._wait_until_up()
-        host = urlparse(self.url).hostname or "127.0.0.1"
-        local = host in ("127.0.0.1", "localhost", "::1")
         # the address the server dials to reach this trainer's transfer store
-        self.transfer_host = transfer_host or ("127.0.0.1" if local else socket.gethostbyname(socket.gethostname()))
+        self.transfer_host = transfer_host or _address_towards(urlparse(self.url))
         self.group = None
 
     # ------------------------------------------------------------ HTTP
