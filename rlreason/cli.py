@@ -117,6 +117,8 @@ def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
     s.add_argument("--top-p", type=float, default=0.95, help="default: 0.95")
     s.add_argument("--max-new-tokens", type=int, default=2048, help="default: 2048")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    s.add_argument("--stop", nargs="*", default=[], metavar="STRING",
+                   help="stop strings: a completion ends once its text contains one")
     s.add_argument("--batch-size", type=int, default=64, help="sequences decoded together (default: 64)")
     s.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="generation engine (default: hf)")
     s.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",

@@ -143,6 +143,10 @@ class RolloutConfig(_Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_completion_length: int = Field(64, gt=0, description="Maximum new tokens per completion.")
+    stop: list[str] = Field(
+        default_factory=list, description="Stop strings: a completion ends once its text contains one "
+        "(the string stays in the completion); also in evaluation."
+    )
     batch_size: int = Field(256, gt=0, description="Sequences decoded together by the hf backend.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="hf backend: sample from a copy of the weights in this dtype, refreshed every "

@@ -316,7 +316,7 @@ def rl_step(run: Run) -> dict[str, float]:
         if run.guide else []  # POPE: hinted versions of hard problems
     problems = rank_share(guided + run.train_data.take(P - len(guided)), run.accelerator)
     sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                              max_tokens=cfg.rollout.max_completion_length)
+                              max_tokens=cfg.rollout.max_completion_length, stop=tuple(cfg.rollout.stop))
     sync_weights(run)                                                     # weight sync
     completions = rollout(run, problems, G, sampling)                     # rollout
     run.engine.sleep()  # vLLM sleep mode: hand its memory to the trainer until next rollout
@@ -382,7 +382,7 @@ def evaluate(run: Run) -> dict[str, float]:
         run.extra["grader"] = Grader(spec.name, timeout_s=spec.timeout_s)
     sampling = SamplingParams(temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
                               max_tokens=cfg.eval.max_new_tokens
-                              or cfg.rollout.max_completion_length)
+                              or cfg.rollout.max_completion_length, stop=tuple(cfg.rollout.stop))
     res = evaluate_problems(run.engine, run.tokenizer, problems, run.encode, n=cfg.eval.n,
                             sampling=sampling, grader=run.extra["grader"], preserve_rng=True)
     out = {f"eval/{k}": v for k, v in res.metrics.items()}

@@ -49,6 +49,7 @@ class SamplingParams:
     max_tokens: int = 64
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # a completion ends once its text contains one (kept in it)
 
 
 @dataclass

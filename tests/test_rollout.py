@@ -82,3 +82,35 @@ def test_top_p_keeps_the_smallest_set_with_enough_mass():
     assert seen == {0, 1}  # 0.5 + 0.3 >= 0.7; tokens 2 and 3 are never drawn
     tok, lp = sample_tokens(logits, 1.0, 1.0, gen)
     assert lp.item() == pytest.approx(float(torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])[tok])))
+
+
+def test_stop_strings_cut_each_completion_where_its_text_first_holds_one():
+    """Rows are sampled from one stream whatever ends them, so a completion stopped by a
+    string is the unstopped one cut right after the token that completed the string."""
+    model, tok = _model("llama")
+    prompts = [tok("12+34=", add_special_tokens=False)["input_ids"], tok("7*8=", add_special_tokens=False)["input_ids"]]
+    eng = HFEngine(model, tok, seed=0)
+    stops = ("1", "2", "+3")
+    free = eng.generate(prompts, 16, SamplingParams(temperature=1.0, max_tokens=24, seed=3))
+    cut = eng.generate(prompts, 16, SamplingParams(temperature=1.0, max_tokens=24, seed=3, stop=stops))
+    n_stopped = 0
+    for f, c in zip((x for g in free for x in g), (x for g in cut for x in g)):
+        k = next((k for k in range(1, len(f.token_ids) + 1)
+                  if any(s in tok.decode(f.token_ids[:k], skip_special_tokens=True) for s in stops)), None)
+        if k is None:
+            assert c.token_ids == f.token_ids and c.finish_reason == f.finish_reason
+        else:
+            n_stopped += 1
+            assert c.token_ids == f.token_ids[:k] and c.logprobs == f.logprobs[:k]
+            assert c.finish_reason == "stop"
+    assert n_stopped >= 4  # the test exercised the stop path
+
+
+def test_sampling_params_with_stop_strings_travel_to_vllm_and_the_server():
+    from rlreason.rollout.server import sampling_from_json, sampling_to_json
+    from rlreason.rollout.vllm import sampling_kwargs
+
+    sp = SamplingParams(temperature=0.7, max_tokens=9, stop=("</answer>",), seed=4)
+    assert sampling_from_json(sampling_to_json(sp)) == sp
+    kw = sampling_kwargs(sp, 2, 4)
+    assert kw["stop"] == ["</answer>"] and kw["include_stop_str_in_output"] is True

@@ -48,6 +48,18 @@ def test_weights_pushed_in_memory_are_what_vllm_samples_from(tiny_dir):
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
         eng.update_weights(model.named_parameters())  # ... and pushes them
+    # stop strings end a completion at the token that completes one, kept in the completion
+    stops = ("1", "2")
+    comps = eng.generate([prompt], 16, SamplingParams(temperature=1.0, max_tokens=24, stop=stops))[0]
+    cut = 0
+    for c in comps:
+        text = tok.decode(c.token_ids, skip_special_tokens=True)
+        before = tok.decode(c.token_ids[:-1], skip_special_tokens=True)
+        assert not any(s in before for s in stops)  # nothing ran past a stop string
+        if any(s in text for s in stops):
+            cut += 1
+            assert c.finish_reason == "stop" and len(c.logprobs) == len(c.token_ids)
+    assert cut >= 4
 
 
 def test_lora_adapter_pushes_replace_the_served_adapter(tiny_dir, tmp_path):

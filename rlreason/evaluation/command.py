@@ -115,7 +115,7 @@ def _sample(args: argparse.Namespace, suite: Suite, grader: Grader, problems: li
     if args.backend == "vllm" and loaded.adapter:  # served as an adapter, not merged
         engine.load_adapter(loaded.adapter)
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_new_tokens,
-                              seed=args.seed)
+                              seed=args.seed, stop=tuple(getattr(args, "stop", None) or ()))
     with progress or nullcontext():
         result = evaluate_problems(engine, loaded.tokenizer, problems, encode, n=args.n, sampling=sampling,
                                    grader=grader, group_by=suite.group_by, progress=progress,
@@ -166,7 +166,8 @@ def eval_command(args: argparse.Namespace) -> int:
     else:
         result, info = _sample(args, suite, grader, problems, progress)
         sampling = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-                    "seed": args.seed, "batch_size": args.batch_size, "template": info.pop("template")}
+                    "seed": args.seed, "batch_size": args.batch_size, "template": info.pop("template"),
+                    **({"stop": list(args.stop)} if getattr(args, "stop", None) else {})}
     summary = {
         "benchmark": suite.name,
         **info,

@@ -187,4 +187,4 @@ def read_verdicts(path: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str
 
 def sampling_for_probe(cfg_rollout) -> SamplingParams:
     return SamplingParams(temperature=cfg_rollout.temperature, top_p=cfg_rollout.top_p,
-                          max_tokens=cfg_rollout.max_completion_length)
+                          max_tokens=cfg_rollout.max_completion_length, stop=tuple(cfg_rollout.stop))

@@ -162,6 +162,20 @@ class HFEngine:
 
         return out.logits[:, -1], step, None
 
+    def _text_stops(self, out_tok, lengths, finished, stops: tuple[str, ...], t: int) -> list[int]:
+        """Rows (not finished) whose completion text ends inside a stop string this step.
+        Only the tail is decoded: enough tokens to hold the longest stop string plus the
+        newest token (a token is at least one character), so a string that appeared
+        earlier was caught then."""
+        window = max(len(s) for s in stops) + 1
+        hits = []
+        for i in (~finished).nonzero().squeeze(-1).tolist():
+            n = int(lengths[i])
+            tail = self.tokenizer.decode(out_tok[i, max(0, n - window) : n].tolist(), skip_special_tokens=True)
+            if any(s in tail for s in stops):
+                hits.append(i)
+        return hits
+
     def _decode(self, prompts: list[list[int]], sp: SamplingParams) -> list[Completion]:
         B, P, dev = len(prompts), max(len(p) for p in prompts), self.device
         ids = torch.full((B, P), self.pad_id, dtype=torch.long)
@@ -179,6 +193,7 @@ class HFEngine:
         logits, step, keep_rows = self._stepper(ids, mask, pos, P + sp.max_tokens)
         pos = pos[:, -1:]
         rows = torch.arange(B, device=dev)  # rows of the batch still in the KV cache
+        stopped_by_text: set[int] = set()
         for t in range(sp.max_tokens):
             # every row is sampled (finished ones too, then masked), so the generator's
             # stream does not depend on when rows leave the cache
@@ -186,6 +201,10 @@ class HFEngine:
             tok = tok.masked_fill(finished, self.pad_id)
             out_tok[:, t], out_lp[:, t] = tok, lp.masked_fill(finished, 0.0)
             lengths += (~finished).long()
+            if sp.stop:  # rows whose text now holds a stop string end here
+                for i in self._text_stops(out_tok, lengths, finished, sp.stop, t):
+                    finished[i] = True
+                    stopped_by_text.add(i)
             finished |= torch.isin(tok, stop)
             if t + 1 == sp.max_tokens or bool(finished.all()):
                 break
@@ -204,7 +223,7 @@ class HFEngine:
         result = []
         for i in range(B):
             t_ids = toks[i][: lens[i]]
-            reason = "stop" if t_ids and t_ids[-1] in stop_set else "length"
+            reason = "stop" if t_ids and (t_ids[-1] in stop_set or i in stopped_by_text) else "length"
             result.append(Completion(prompt_token_ids=prompts[i], token_ids=t_ids,
                                      logprobs=lps[i][: lens[i]], finish_reason=reason))
         return result

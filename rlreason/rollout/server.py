@@ -45,12 +45,13 @@ def sampling_from_json(d: dict[str, Any]) -> SamplingParams:
         raise ValueError(f"sampling: unknown fields {unknown}; expected some of {sorted(known)}")
     d = dict(d)
     d["stop_token_ids"] = tuple(d.get("stop_token_ids", ()))
+    d["stop"] = tuple(d.get("stop", ()))
     return SamplingParams(**d)
 
 
 def sampling_to_json(sp: SamplingParams) -> dict[str, Any]:
     d = asdict(sp)
-    d["stop_token_ids"] = list(sp.stop_token_ids)
+    d["stop_token_ids"], d["stop"] = list(sp.stop_token_ids), list(sp.stop)
     return d
 
 
