@@ -88,3 +88,31 @@ def test_grpo_through_a_server_trains_and_syncs_every_step(tiny_recipe, tmp_path
     assert health["pushes"] >= 4  # before every rollout after a step, and before each evaluation
     # the server samples from exactly the trainer's weights (same fp32 math): no mismatch
     assert all(r["logprob_diff_max"] < 1e-4 for r in rows if "logprob_diff_max" in r)
+
+
+@pytest.mark.slow
+def test_data_parallel_ranks_share_one_server_and_rank0_pushes(tmp_path):
+    """Two trainer processes (torchrun, gloo) against one server: both sample from it,
+    weights are pushed once per step (by rank 0), and the run logs both ranks."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from rlreason.logger import read_metrics
+
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun not on PATH")
+    tok = char_tokenizer()
+    tiny_llama(tok, 2, 64, 128, 4, seed=0).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    worker = Path(__file__).resolve().parent / "dist" / "server_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    with running_server(tmp_path / "model") as url:
+        res = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", "29541", str(worker),
+                              str(tmp_path), url], env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        health = json.loads(urllib.request.urlopen(url + "/health").read())
+    rows = [r for r in read_metrics(tmp_path / "server-train" / "metrics.jsonl") if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["world_size"] == 2
+    assert health["pushes"] == 2  # before each step's rollout, from rank 0 only
