@@ -116,3 +116,4 @@ def test_data_parallel_ranks_share_one_server_and_rank0_pushes(tmp_path):
     rows = [r for r in read_metrics(tmp_path / "server-train" / "metrics.jsonl") if "reward" in r]
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["world_size"] == 2
     assert health["pushes"] == 2  # before each step's rollout, from rank 0 only
+    assert health["requests"] == 2  # one request per rollout: rank 0 sent both ranks' prompts

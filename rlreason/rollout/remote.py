@@ -5,9 +5,11 @@ Prompts go as token ids, completions come back with their sampling log-probs (th
 importance-sampling correction and mismatch metrics work as with the colocated engines).
 Weight pushes stream in chunks: each chunk's names, dtypes and shapes over HTTP, its
 tensors by broadcast over the transfer group (transfer.py); the server applies the whole
-set at the last chunk. Under data parallelism every rank generates for its own prompts,
-while rank 0 alone pushes (ranks hold the same weights; sharded ones take part in the
-gathering, which is collective, and drop the result).
+set at the last chunk. Under data parallelism rank 0 gathers every rank's prompts, sends
+them as one request (vLLM batches them; N small requests in turn would leave it idle
+between them) and scatters the completions back; rank 0 alone pushes weights (ranks hold
+the same weights; sharded ones take part in the gathering, which is collective, and drop
+the result).
 """
 from __future__ import annotations
 
@@ -59,6 +61,34 @@ def _address_towards(url) -> str:
         return s.getsockname()[0]
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_to_rank0(obj):
+    """[obj of rank 0, obj of rank 1, ...] on rank 0, None elsewhere; [obj] alone."""
+    if not _distributed():
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def _scatter_from_rank0(objs):
+    """Rank r receives objs[r] (objs given on rank 0); objs[0] alone."""
+    if not _distributed():
+        return objs[0]
+    import torch.distributed as dist
+
+    out = [None]
+    dist.scatter_object_list(out, objs, src=0)
+    return out[0]
+
+
 class RemoteEngine:
     shares_module = False
 
@@ -69,7 +99,8 @@ class RemoteEngine:
         self.seed, self.calls = seed, 0
         self.timeout_s = timeout_s
         self.chunk_bytes = chunk_bytes
-        self.pushes_weights = int(os.environ.get("RANK", "0")) == 0
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.pushes_weights = self.rank == 0
         self.info = self._wait_until_up()
         # the address the server dials to reach this trainer's transfer store
         self.transfer_host = transfer_host or _address_towards(urlparse(self.url))
@@ -129,9 +160,19 @@ class RemoteEngine:
         if sampling.seed is None:  # the per-call seed stream, checkpointed like the other engines'
             sampling = SamplingParams(**{**sampling.__dict__, "seed": self.seed * 1_000_003 + self.calls})
         self.calls += 1
-        reply = self._call("/generate", {"prompt_token_ids": [list(p) for p in prompt_token_ids], "n": n,
-                                         "sampling": sampling_to_json(sampling)})
-        return [[completion_from_json(p, c) for c in g] for p, g in zip(prompt_token_ids, reply["completions"])]
+        prompts = [list(p) for p in prompt_token_ids]
+        shares = _gather_to_rank0(prompts)  # one list per rank, or None on other ranks
+        groups = None
+        if shares is not None:
+            flat = [p for share in shares for p in share]
+            reply = self._call("/generate", {"prompt_token_ids": flat, "n": n,
+                                             "sampling": sampling_to_json(sampling)})["completions"]
+            groups, at = [], 0
+            for share in shares:
+                groups.append(reply[at : at + len(share)])
+                at += len(share)
+        mine = _scatter_from_rank0(groups)
+        return [[completion_from_json(p, c) for c in g] for p, g in zip(prompts, mine)]
 
     def _device(self) -> torch.device:
         if self.info["transfer_backend"] == "nccl":

@@ -69,10 +69,11 @@ class RolloutService:
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.adapter_dir = tempfile.mkdtemp(prefix="rlreason-served-lora-", dir=shm)
         self.pushes = 0
+        self.requests = 0  # generate calls served
 
     def health(self, _: dict) -> dict:
         return {"ok": True, "model": self.model, "backend": self.backend,
-                "transfer_backend": self.transfer_backend, "pushes": self.pushes,
+                "transfer_backend": self.transfer_backend, "pushes": self.pushes, "requests": self.requests,
                 "tie_word_embeddings": self.tie_word_embeddings}
 
     def generate(self, req: dict) -> dict:
@@ -80,6 +81,7 @@ class RolloutService:
         if not isinstance(prompts, list) or not all(isinstance(p, list) and p for p in prompts):
             raise ValueError("prompt_token_ids: expected a list of non-empty lists of token ids")
         groups = self.engine.generate(prompts, int(req.get("n", 1)), sampling_from_json(req.get("sampling", {})))
+        self.requests += 1
         return {"completions": [[completion_to_json(c) for c in g] for g in groups]}
 
     def init_transfer(self, req: dict) -> dict:
