@@ -117,3 +117,10 @@ def test_data_parallel_ranks_share_one_server_and_rank0_pushes(tmp_path):
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["world_size"] == 2
     assert health["pushes"] == 2  # before each step's rollout, from rank 0 only
     assert health["requests"] == 2  # one request per rollout: rank 0 sent both ranks' prompts
+
+
+def test_serve_with_a_bad_model_names_the_flag(capsys):
+    from rlreason.cli import main
+
+    assert main(["serve", "--model", "/nonexistent/model", "--backend", "hf", "--port", "0"]) == 2
+    assert "--model '/nonexistent/model': cannot load it" in capsys.readouterr().err

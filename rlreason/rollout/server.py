@@ -169,8 +169,12 @@ def build_service(args) -> RolloutService:
     """The engine `rlreason serve` was asked for, loaded from args.model."""
     from transformers import AutoConfig, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(args.model)
-    tie = bool(getattr(AutoConfig.from_pretrained(args.model), "tie_word_embeddings", False))
+    try:
+        tok = AutoTokenizer.from_pretrained(args.model)
+        tie = bool(getattr(AutoConfig.from_pretrained(args.model), "tie_word_embeddings", False))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--model {args.model!r}: cannot load it ({e}); give a local folder with "
+                         "config.json, weights and tokenizer files, or a hub id reachable from here") from e
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     if args.backend == "vllm":
         from .vllm import VLLMEngine
