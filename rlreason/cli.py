@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as e:  # SkillError and DataError are ValueErrors
+    except (ConfigError, FileNotFoundError, ConnectionError) as e:  # SkillError, DataError: ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:

@@ -124,3 +124,13 @@ def test_serve_with_a_bad_model_names_the_flag(capsys):
 
     assert main(["serve", "--model", "/nonexistent/model", "--backend", "hf", "--port", "0"]) == 2
     assert "--model '/nonexistent/model': cannot load it" in capsys.readouterr().err
+
+
+def test_training_against_no_server_stops_with_the_url(tiny_recipe, tmp_path, capsys):
+    from rlreason.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rollout: {backend: server, server_url: 'http://127.0.0.1:9', server_timeout_s: 1}\n")
+    assert main(["train", str(recipe), "train.max_steps=1", f"train.output_dir={tmp_path / 'out'}",
+                 "model.tiny.warmstart_steps=0", "eval.num_problems=0"]) == 2
+    assert "rollout.server_url=http://127.0.0.1:9: no rlreason server answered" in capsys.readouterr().err

@@ -33,8 +33,8 @@ from . import transfer
 from .server import completion_from_json, sampling_to_json
 
 
-class ServerError(RuntimeError):
-    pass
+class ServerError(ConnectionError):
+    """The rollout server is unreachable or refused a request (the message says which)."""
 
 
 def _with_last(items: Iterable) -> Iterator[tuple[Any, bool]]:
