@@ -126,7 +126,7 @@ def test_serve_with_a_bad_model_names_the_flag(capsys):
     assert "--model '/nonexistent/model': cannot load it" in capsys.readouterr().err
 
 
-def test_training_against_no_server_stops_with_the_url(tiny_recipe, tmp_path, capsys):
+def test_training_against_no_server_stops_with_the_url(tmp_path, capsys):
     from rlreason.cli import main
 
     recipe = tmp_path / "r.yaml"
