@@ -165,13 +165,18 @@ class RemoteEngine:
         groups = None
         if shares is not None:
             flat = [p for share in shares for p in share]
-            reply = self._call("/generate", {"prompt_token_ids": flat, "n": n,
-                                             "sampling": sampling_to_json(sampling)})["completions"]
-            groups, at = [], 0
-            for share in shares:
-                groups.append(reply[at : at + len(share)])
-                at += len(share)
+            try:
+                reply = self._call("/generate", {"prompt_token_ids": flat, "n": n,
+                                                 "sampling": sampling_to_json(sampling)})["completions"]
+                groups, at = [], 0
+                for share in shares:
+                    groups.append(reply[at : at + len(share)])
+                    at += len(share)
+            except ServerError as e:  # every rank stops with the reason, none waits forever
+                groups = [str(e)] * len(shares)
         mine = _scatter_from_rank0(groups)
+        if isinstance(mine, str):
+            raise ServerError(mine)
         return [[completion_from_json(p, c) for c in g] for p, g in zip(prompts, mine)]
 
     def _device(self) -> torch.device:
