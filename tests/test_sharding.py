@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -185,7 +184,8 @@ def test_strategy_names():
     assert sharding.strategy(_ds_acc({"zero_optimization": {"stage": 3}})) == "zero3"
     fsdp = SimpleNamespace(distributed_type="FSDP", is_fsdp2=True, num_processes=2)
     assert sharding.strategy(fsdp) == "fsdp2" and sharding.shards_parameters(fsdp)
-    assert sys.modules["rlreason.sharding"] is sharding
+    assert not sharding.shards_parameters(_ds_acc({"zero_optimization": {"stage": 2}}))
+    assert sharding.native_checkpoint(_ds_acc({"zero_optimization": {"stage": 2}}))
 
 
 def test_bf16_rollouts_sample_from_a_refreshed_copy_and_report_the_mismatch(tiny_recipe):
