@@ -40,7 +40,13 @@ def _plan(args: argparse.Namespace) -> int:
     from .config import load_config
     from .plan import estimate, format_plan
 
-    p = estimate(load_config(args.recipe, args.overrides), args.gpus, args.gpu_memory, args.strategy)
+    strategy, gpus = args.strategy or "ddp", args.gpus or 1
+    if args.accelerate_config:  # the launch config's strategy and process count, unless given
+        from .plan import launch_layout
+
+        launched, procs = launch_layout(args.accelerate_config)
+        strategy, gpus = args.strategy or launched, args.gpus or procs
+    p = estimate(load_config(args.recipe, args.overrides), gpus, args.gpu_memory, strategy)
     print(format_plan(p))
     return 0 if p["fits"] else 1
 
@@ -197,9 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl = _recipe_command(sub, "plan", _plan, "estimate per-GPU memory of a recipe; warn if it will not fit",
                          "Weights, gradients, AdamW state, activations and the colocated vLLM engine's "
                          "share per GPU; exit 1 when it does not fit.")
-    pl.add_argument("--gpus", type=int, default=1)
+    pl.add_argument("--gpus", type=int, default=None, help="GPUs in all (default: 1, or the launch config's)")
     pl.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
-    pl.add_argument("--strategy", choices=["ddp", "zero2", "zero3", "fsdp2"], default="ddp")
+    pl.add_argument("--strategy", choices=["ddp", "zero2", "zero3", "fsdp2"], default=None,
+                    help="default: ddp, or the launch config's")
+    pl.add_argument("--accelerate-config", help="an accelerate launch config (configs/accelerate/): "
+                    "its strategy and num_processes")
     k = sub.add_parser("skill", help="skill vectors (PaST): extract, apply, merge, inspect",
                        description="Weight deltas of RL training, carried to other models.")
     ks = k.add_subparsers(dest="action", required=True)

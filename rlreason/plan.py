@@ -63,6 +63,31 @@ def load_model_config(name_or_path: str) -> dict[str, Any]:
                          f"give a local folder with config.json") from e
 
 
+def launch_layout(path: str) -> tuple[str, int]:
+    """(strategy, GPUs) an accelerate launch config describes: what `rlreason plan
+    --accelerate-config` estimates for, so the plan matches the launch."""
+    import yaml
+
+    try:
+        c = yaml.safe_load(open(path)) or {}
+    except OSError as e:
+        raise FileNotFoundError(f"--accelerate-config {path}: {e.strerror}") from e
+    kind = c.get("distributed_type", "MULTI_GPU")
+    if kind == "DEEPSPEED":
+        stage = int((c.get("deepspeed_config") or {}).get("zero_stage", 2))
+        if stage not in (2, 3):
+            raise ValueError(f"--accelerate-config {path}: zero_stage {stage}; plan knows ZeRO-2 and ZeRO-3")
+        strategy = f"zero{stage}"
+    elif kind == "FSDP":
+        strategy = "fsdp2"
+    elif kind in ("MULTI_GPU", "NO"):
+        strategy = "ddp"
+    else:
+        raise ValueError(f"--accelerate-config {path}: distributed_type {kind!r}; "
+                         "expected MULTI_GPU, FSDP or DEEPSPEED")
+    return strategy, int(c.get("num_processes", 1))
+
+
 def estimate(cfg, gpus: int, gpu_gib: float, strategy: str) -> dict[str, Any]:
     """Bytes per GPU by component (GiB) and whether it fits; strategy: ddp|zero2|zero3|fsdp2."""
     if cfg.model.name_or_path == "tiny":

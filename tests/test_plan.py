@@ -47,3 +47,23 @@ def test_cli_exit_code_says_whether_it_fits(capsys):
 
     assert main(["plan", "recipes/quickstart.yaml", "--gpu-memory", "8"]) == 0
     assert "total" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,strategy", [("ddp", "ddp"), ("fsdp2", "fsdp2"), ("zero2", "zero2"),
+                                           ("zero3", "zero3")])
+def test_plan_reads_the_launch_config(name, strategy, capsys):
+    from rlreason.cli import main
+    from rlreason.plan import launch_layout
+
+    path = f"configs/accelerate/{name}.yaml"
+    assert launch_layout(path) == (strategy, 8)
+    main(["plan", "recipes/quickstart.yaml", "--accelerate-config", path])
+    out = capsys.readouterr().out
+    assert f"{strategy} on 8 GPU(s)" in out
+
+
+def test_plan_with_a_missing_launch_config_names_it(capsys):
+    from rlreason.cli import main
+
+    assert main(["plan", "recipes/quickstart.yaml", "--accelerate-config", "nope.yaml"]) == 2
+    assert "--accelerate-config nope.yaml" in capsys.readouterr().err
