@@ -177,6 +177,7 @@ def test_fsdp2_two_processes_gather_whole_weights_into_the_rollout_copy(tmp_path
     assert out["max_weight_diff"] < 1e-5  # gathered == the same step taken unsharded
     assert out["names_match"] and out["same_tokens"]
     assert out["max_logprob_diff"] < 1e-4
+    assert out["lora_names_match"] and out["lora_max_diff"] == 0.0  # the adapter alone, whole
 
 
 def test_strategy_names():

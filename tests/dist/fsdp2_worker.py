@@ -28,6 +28,24 @@ def step(model, ids):
     opt.step()
 
 
+def _lora_gather(tok, mesh, acc) -> dict:
+    """LoRA under FSDP2: only the adapter is gathered, whole and equal to the unsharded one."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(tiny_llama(tok, 2, 64, 128, 4, seed=1), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(n)))
+    whole = {n: p.detach().clone() for n, p in lora.named_parameters() if p.requires_grad}
+    for layer in lora.base_model.model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(lora, mesh=mesh)
+    got = dict(gathered_parameters(lora, acc, trainable_only=True))
+    return {"lora_names_match": sorted(got) == sorted(whole),
+            "lora_max_diff": max(float((got[n] - t).abs().max()) for n, t in whole.items())}
+
+
 def main(work: Path) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -59,6 +77,7 @@ def main(work: Path) -> None:
            "same_tokens": [c.token_ids for c in a] == [c.token_ids for c in b],
            "max_logprob_diff": max(abs(x - y) for ca, cb in zip(a, b)
                                    for x, y in zip(ca.logprobs, cb.logprobs))}
+    out.update(_lora_gather(tok, mesh, acc))
     if rank == 0:
         (work / "fsdp2.json").write_text(json.dumps(out))
     dist.destroy_process_group()
