@@ -168,6 +168,15 @@ class RolloutConfig(_Section):
     server_transfer_host: str | None = Field(
         None, description="backend=server: this trainer's address as the server sees it (default: found).")
 
+    def sampling(self, **overrides: Any):
+        """The SamplingParams every rollout of a run uses (training, hardness probes,
+        evaluation with its own temperature and length as overrides)."""
+        from .types import SamplingParams
+
+        return SamplingParams(**{"temperature": self.temperature, "top_p": self.top_p,
+                                 "max_tokens": self.max_completion_length, "stop": tuple(self.stop),
+                                 **overrides})
+
 
 class AlgoConfig(_Section):
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = Field(

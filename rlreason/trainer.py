@@ -216,7 +216,7 @@ def setup_guidance(run: Run, out: Path, log: Callable[[str], None]) -> None:
         verdicts, hints = gd.read_verdicts(source)
     else:
         problems = run.train_data.problems[: g.probe_limit]
-        sampling = gd.sampling_for_probe(run.cfg.rollout)
+        sampling = run.cfg.rollout.sampling()
         sync_weights(run)
 
         def sample(probs: list[Problem], k: int) -> list[list[float]]:
@@ -315,8 +315,7 @@ def rl_step(run: Run) -> dict[str, float]:
     guided = run.guide.take(run.problems_by_id, round(cfg.guidance.guided_ratio * P)) \
         if run.guide else []  # POPE: hinted versions of hard problems
     problems = rank_share(guided + run.train_data.take(P - len(guided)), run.accelerator)
-    sampling = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                              max_tokens=cfg.rollout.max_completion_length, stop=tuple(cfg.rollout.stop))
+    sampling = cfg.rollout.sampling()
     sync_weights(run)                                                     # weight sync
     completions = rollout(run, problems, G, sampling)                     # rollout
     run.engine.sleep()  # vLLM sleep mode: hand its memory to the trainer until next rollout
@@ -380,9 +379,8 @@ def evaluate(run: Run) -> dict[str, float]:
     if "grader" not in run.extra:
         spec = cfg.rewards[0]
         run.extra["grader"] = Grader(spec.name, timeout_s=spec.timeout_s)
-    sampling = SamplingParams(temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
-                              max_tokens=cfg.eval.max_new_tokens
-                              or cfg.rollout.max_completion_length, stop=tuple(cfg.rollout.stop))
+    sampling = cfg.rollout.sampling(temperature=cfg.eval.temperature,
+                                    max_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_completion_length)
     res = evaluate_problems(run.engine, run.tokenizer, problems, run.encode, n=cfg.eval.n,
                             sampling=sampling, grader=run.extra["grader"], preserve_rng=True)
     out = {f"eval/{k}": v for k, v in res.metrics.items()}

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..types import Problem, SamplingParams
+from ..types import Problem
 
 
 def solution_prefix(solution: str, fraction: float, unit: str, tokenizer=None) -> str:
@@ -184,7 +184,3 @@ def read_verdicts(path: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str
     data = json.loads(p.read_text())
     return data, {pid: v["hint"] for pid, v in data.items() if v.get("hard") and "hint" in v}
 
-
-def sampling_for_probe(cfg_rollout) -> SamplingParams:
-    return SamplingParams(temperature=cfg_rollout.temperature, top_p=cfg_rollout.top_p,
-                          max_tokens=cfg_rollout.max_completion_length, stop=tuple(cfg_rollout.stop))

@@ -162,7 +162,7 @@ class HFEngine:
 
         return out.logits[:, -1], step, None
 
-    def _text_stops(self, out_tok, lengths, finished, stops: tuple[str, ...], t: int) -> list[int]:
+    def _text_stops(self, out_tok, lengths, finished, stops: tuple[str, ...]) -> list[int]:
         """Rows (not finished) whose completion text ends inside a stop string this step.
         Only the tail is decoded: enough tokens to hold the longest stop string plus the
         newest token (a token is at least one character), so a string that appeared
@@ -202,7 +202,7 @@ class HFEngine:
             out_tok[:, t], out_lp[:, t] = tok, lp.masked_fill(finished, 0.0)
             lengths += (~finished).long()
             if sp.stop:  # rows whose text now holds a stop string end here
-                for i in self._text_stops(out_tok, lengths, finished, sp.stop, t):
+                for i in self._text_stops(out_tok, lengths, finished, sp.stop):
                     finished[i] = True
                     stopped_by_text.add(i)
             finished |= torch.isin(tok, stop)
