@@ -14,7 +14,6 @@ the result).
 from __future__ import annotations
 
 import json
-import os
 import socket
 import tempfile
 import threading
@@ -67,13 +66,19 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _is_rank0() -> bool:
+    import torch.distributed as dist
+
+    return not _distributed() or dist.get_rank() == 0
+
+
 def _gather_to_rank0(obj):
     """[obj of rank 0, obj of rank 1, ...] on rank 0, None elsewhere; [obj] alone."""
     if not _distributed():
         return [obj]
     import torch.distributed as dist
 
-    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    out = [None] * dist.get_world_size() if _is_rank0() else None
     dist.gather_object(obj, out, dst=0)
     return out
 
@@ -99,8 +104,6 @@ class RemoteEngine:
         self.seed, self.calls = seed, 0
         self.timeout_s = timeout_s
         self.chunk_bytes = chunk_bytes
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.pushes_weights = self.rank == 0
         self.info = self._wait_until_up()
         # the address the server dials to reach this trainer's transfer store
         self.transfer_host = transfer_host or _address_towards(urlparse(self.url))
@@ -200,7 +203,7 @@ class RemoteEngine:
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         from .vllm import chunked
 
-        if not self.pushes_weights:
+        if not _is_rank0():
             for _ in named_tensors:  # take part in a collective gather, send nothing
                 pass
             return
@@ -209,7 +212,7 @@ class RemoteEngine:
             self._push("/update_weights", chunk, final=last)
 
     def load_adapter(self, adapter: Any) -> None:
-        if not self.pushes_weights:
+        if not _is_rank0():
             return
         if isinstance(adapter, str):
             from safetensors.torch import load_file
