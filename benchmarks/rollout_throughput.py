@@ -135,6 +135,28 @@ def _summary(walls: list[float], tokens: list[int], lengths_full: list[int],
     }
 
 
+def _time_calls(sets, call, token_ids, max_tokens: int, startup_s: float) -> tuple[dict, list]:
+    """Time `call(prompts)` on every prompt set (the first is a warm-up); `token_ids(outputs)`
+    -> per prompt, the sampled token-id lists, read after the clock stops. Returns the
+    summary and the tokens of the first timed call."""
+    walls, tokens, full, samples, first = [], [], [], [], None
+    for i, prompts in enumerate(sets):
+        t0 = time.perf_counter()
+        outs = call(prompts)
+        wall = time.perf_counter() - t0
+        ids = token_ids(outs)
+        if i == 0:
+            continue  # warm-up
+        if i == 1:
+            first = ids
+        lens = [len(t) for group in ids for t in group]
+        walls.append(wall)
+        tokens.append(sum(lens))
+        full.append(sum(n == max_tokens for n in lens))
+        samples.append(len(lens))
+    return _summary(walls, tokens, full, samples, startup_s), first
+
+
 def run_plain(args, sets: list[list[list[int]]]) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -146,20 +168,10 @@ def run_plain(args, sets: list[list[list[int]]]) -> dict:
     startup = time.perf_counter() - t0
     params = SamplingParams(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens,
                             ignore_eos=True, seed=args.seed)
-    walls, tokens, full, samples = [], [], [], []
-    for i, prompts in enumerate(sets):
-        reqs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-        t0 = time.perf_counter()
-        outs = llm.generate(reqs, params, use_tqdm=False)
-        wall = time.perf_counter() - t0
-        lens = [len(s.token_ids) for o in outs for s in o.outputs]
-        if i == 0:
-            continue  # warm-up
-        walls.append(wall)
-        tokens.append(sum(lens))
-        full.append(sum(n == args.max_tokens for n in lens))
-        samples.append(len(lens))
-    res = _summary(walls, tokens, full, samples, startup)
+    res, _ = _time_calls(
+        [[TokensPrompt(prompt_token_ids=p) for p in prompts] for prompts in sets],
+        lambda reqs: llm.generate(reqs, params, use_tqdm=False),
+        lambda outs: [[s.token_ids for s in o.outputs] for o in outs], args.max_tokens, startup)
     res["sampling"] = (f"vllm.SamplingParams(n={args.n}, temperature=1.0, top_p=1.0, "
                        f"max_tokens={args.max_tokens}, ignore_eos=True, seed={args.seed})")
     res["dtype"] = str(llm.llm_engine.model_config.dtype)
@@ -181,22 +193,9 @@ def run_rlreason(args, sets: list[list[list[int]]]) -> dict:
     startup = time.perf_counter() - t0
     sp = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.max_tokens,
                         stop_token_ids=(), seed=args.seed)
-    walls, tokens, full, samples = [], [], [], []
-    first_timed = None
-    for i, prompts in enumerate(sets):
-        t0 = time.perf_counter()
-        outs = engine.generate(prompts, args.n, sp)
-        wall = time.perf_counter() - t0
-        lens = [len(c.token_ids) for group in outs for c in group]
-        if i == 0:
-            continue  # warm-up
-        if i == 1:
-            first_timed = [[c.token_ids for c in group] for group in outs]
-        walls.append(wall)
-        tokens.append(sum(lens))
-        full.append(sum(n == args.max_tokens for n in lens))
-        samples.append(len(lens))
-    res = _summary(walls, tokens, full, samples, startup)
+    res, first_timed = _time_calls(
+        sets, lambda prompts: engine.generate(prompts, args.n, sp),
+        lambda outs: [[c.token_ids for c in group] for group in outs], args.max_tokens, startup)
     res["sampling"] = (f"rlreason.types.SamplingParams(temperature=1.0, top_p=1.0, "
                        f"max_tokens={args.max_tokens}, stop_token_ids=(), seed={args.seed}) "
                        f"-> vLLM with logprobs=0, logprobs_mode=processed_logprobs; stops on EOS")
