@@ -10,8 +10,11 @@ optimizer step. The rlreason side times `rlreason.trainer.rl_step(run)`, which d
 same work.
 
 The first `--warmup` steps (default 2) of each system are excluded from its median.
-Both systems run in this one process, one after the other (rlreason first, then TRL),
-each preceded by the same seeding; `--only` runs a single system.
+Both systems run in this one process. By default their steps alternate: after each TRL
+step (outside its timed span) one rlreason step runs, so load from other tenants of the
+machine, which drifts over tens of seconds here, falls on both alike; run one after the
+other, the ratio moved by +-10% between runs. `--schedule sequential` runs all of
+rlreason's steps and then TRL's; `--only` runs a single system.
 
 usage:
   python benchmarks/grpo_step_cpu.py --steps 12 --out benchmarks/results/grpo_step_cpu.json
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -112,61 +116,84 @@ def starts_with(completion: str, problem) -> float:
     return 1.0 if completion.strip().startswith(problem.answer) else 0.0
 
 
-def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int, rollout_dtype: str = "auto") -> dict:
-    from rlreason.config import RecipeConfig
-    from rlreason.rewards import RewardFunction
-    from rlreason.trainer import build_run, rl_step
+class RlreasonSteps:
+    """rlreason's side, one timed `rl_step` per call, so the steps can run alone or
+    interleaved with TRL's (see `--schedule`)."""
 
-    data = Path(work) / "add.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in make_rows()))
-    cfg = RecipeConfig.model_validate({
-        "model": {"name_or_path": model_dir, "dtype": "float32"},
-        "data": {"source": str(data), "template": "plain"},
-        "rewards": [{"name": "exact_match"}],  # replaced by `starts_with` below
-        "rollout": {"backend": "hf", "temperature": 1.0, "top_p": 1.0,
-                    "max_completion_length": MAX_COMPLETION_LENGTH, "dtype": rollout_dtype},
-        # loss_type: TRL 1.16's GRPOConfig default is "dapo"; adam/scheduler as TRL's defaults.
-        # skip_zero_advantage off: the untrained model scores 0 on every sample, so every
-        # advantage is 0 and rlreason would (exactly) skip all training work; TRL does not,
-        # and the comparison is about the same work.
-        "algo": {"num_generations": NUM_GENERATIONS, "beta": 0.0, "loss_type": "dapo",
-                 "skip_zero_advantage": False},
-        "train": {"output_dir": str(Path(work) / "rlreason_out"), "max_steps": steps,
-                  "prompts_per_step": PROMPTS_PER_STEP, "micro_batch_size": 32,
-                  "learning_rate": LEARNING_RATE, "lr_scheduler": "linear",
-                  "adam_beta2": 0.999, "seed": SEED, "plot": False},
-        "eval": {"num_problems": 0},
-    })
-    seed_all()
-    run = build_run(cfg, log=lambda *_: None)
-    run.rewards = [(RewardFunction(starts_with, name="starts_with"), 1.0)]
-    times, cpu_times, lengths, gen_times, rewards = [], [], [], [], []
-    for _ in range(steps):
+    def __init__(self, model_dir: str, work: str, steps: int, rollout_dtype: str = "auto"):
+        from rlreason.config import RecipeConfig
+        from rlreason.rewards import RewardFunction
+        from rlreason.trainer import build_run
+
+        data = Path(work) / "add.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in make_rows()))
+        cfg = RecipeConfig.model_validate({
+            "model": {"name_or_path": model_dir, "dtype": "float32"},
+            "data": {"source": str(data), "template": "plain"},
+            "rewards": [{"name": "exact_match"}],  # replaced by `starts_with` below
+            "rollout": {"backend": "hf", "temperature": 1.0, "top_p": 1.0,
+                        "max_completion_length": MAX_COMPLETION_LENGTH, "dtype": rollout_dtype},
+            # loss_type: TRL 1.16's GRPOConfig default is "dapo"; adam/scheduler as TRL's defaults.
+            # skip_zero_advantage off: the untrained model scores 0 on every sample, so every
+            # advantage is 0 and rlreason would (exactly) skip all training work; TRL does not,
+            # and the comparison is about the same work.
+            "algo": {"num_generations": NUM_GENERATIONS, "beta": 0.0, "loss_type": "dapo",
+                     "skip_zero_advantage": False},
+            "train": {"output_dir": str(Path(work) / f"rlreason_out_{rollout_dtype}"), "max_steps": steps,
+                      "prompts_per_step": PROMPTS_PER_STEP, "micro_batch_size": 32,
+                      "learning_rate": LEARNING_RATE, "lr_scheduler": "linear",
+                      "adam_beta2": 0.999, "seed": SEED, "plot": False},
+            "eval": {"num_problems": 0},
+        })
+        self.cfg = cfg
+        self.run = build_run(cfg, log=lambda *_: None)
+        self.run.rewards = [(RewardFunction(starts_with, name="starts_with"), 1.0)]
+        self.times: list[float] = []
+        self.cpu_times: list[float] = []
+        self.lengths: list[float] = []
+        self.gen_times: list[float] = []
+        self.rewards: list[float] = []
+
+    def step(self) -> None:
+        from rlreason.trainer import rl_step
+
         c0, t0 = time.process_time(), time.perf_counter()
-        m = rl_step(run)
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-        run.step += 1
-        lengths.append(m["completion_length"])
-        gen_times.append(m["generation_time_s"])
-        rewards.append(m["reward"])
-    out = summarize(times, cpu_times, lengths, warmup)
-    timed_gen = gen_times[warmup:] if len(gen_times) > warmup else gen_times
-    out.update({
-        "generation_time_s": [round(t, 4) for t in gen_times],
-        "median_generation_s": statistics.median(timed_gen),
-        "mean_reward": statistics.fmean(rewards),
-        "gradient_checkpointing": cfg.model.gradient_checkpointing,
-        "loss_type": cfg.algo.loss_type,
-        "torch_threads": torch.get_num_threads(),
-    })
-    return out
+        m = rl_step(self.run)
+        self.times.append(time.perf_counter() - t0)
+        self.cpu_times.append(time.process_time() - c0)
+        self.run.step += 1
+        self.lengths.append(m["completion_length"])
+        self.gen_times.append(m["generation_time_s"])
+        self.rewards.append(m["reward"])
+
+    def summary(self, warmup: int) -> dict:
+        out = summarize(self.times, self.cpu_times, self.lengths, warmup)
+        timed_gen = self.gen_times[warmup:] if len(self.gen_times) > warmup else self.gen_times
+        out.update({
+            "generation_time_s": [round(t, 4) for t in self.gen_times],
+            "median_generation_s": statistics.median(timed_gen),
+            "mean_reward": statistics.fmean(self.rewards),
+            "gradient_checkpointing": self.cfg.model.gradient_checkpointing,
+            "loss_type": self.cfg.algo.loss_type,
+            "torch_threads": torch.get_num_threads(),
+        })
+        return out
+
+
+def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int, rollout_dtype: str = "auto") -> dict:
+    seed_all()
+    side = RlreasonSteps(model_dir, work, steps, rollout_dtype)
+    for _ in range(steps):
+        side.step()
+    return side.summary(warmup)
 
 
 # ---------------------------------------------------------------- TRL
 
 
-def bench_trl(model_dir: str, work: str, steps: int, warmup: int) -> dict:
+def bench_trl(model_dir: str, work: str, steps: int, warmup: int,
+              between_steps: Callable[[], None] | None = None) -> dict:
+    """`between_steps` runs after each TRL step, outside its timed span (interleaving)."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -182,6 +209,8 @@ def bench_trl(model_dir: str, work: str, steps: int, warmup: int) -> dict:
         def on_step_end(self, *a, **k):
             self.times.append(time.perf_counter() - self.t)
             self.cpu_times.append(time.process_time() - self.c)
+            if between_steps is not None:
+                between_steps()
 
     def reward(completions, answer, **kw):
         return [1.0 if c.strip().startswith(x) else 0.0 for c, x in zip(completions, answer)]
@@ -252,6 +281,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="first steps excluded from the median")
     ap.add_argument("--out", default="benchmarks/results/grpo_step_cpu.json")
     ap.add_argument("--only", choices=["rlreason", "trl"], default=None)
+    ap.add_argument("--schedule", choices=["interleaved", "sequential"], default="interleaved",
+                    help="interleaved (default): one rlreason step after each TRL step, so both "
+                         "see the same machine load; sequential: all rlreason steps, then TRL's")
     ap.add_argument("--bf16-rollouts", action="store_true",
                     help="also time rlreason with rollout.dtype=bfloat16 (fp32 training, bf16 sampling)")
     args = ap.parse_args()
@@ -280,7 +312,9 @@ def main() -> None:
             "steps": args.steps,
             "warmup_steps_excluded": args.warmup,
             "median": "statistics.median over steps[warmup:]",
-            "process": "same process, rlreason then trl" if args.only is None else f"only {args.only}",
+            "process": (f"only {args.only}" if args.only else
+                        "same process, one rlreason step after each TRL step (outside TRL's timed span)"
+                        if args.schedule == "interleaved" else "same process, rlreason then trl"),
             "device": "cpu",
         },
         "rlreason": None,
@@ -295,19 +329,32 @@ def main() -> None:
         build_model(model_dir)
         # Progress/log lines of either trainer go to stderr: stdout carries only the JSON.
         with contextlib.redirect_stdout(sys.stderr):
-            if args.only in (None, "rlreason"):
-                result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup)
+            if args.only is None and args.schedule == "interleaved":
+                seed_all()
+                sides = {"rlreason": RlreasonSteps(model_dir, work, args.steps)}
                 if args.bf16_rollouts:  # the same training, sampling from a bf16 copy
-                    seed_all()
-                    result["rlreason_bf16_rollouts"] = bench_rlreason(model_dir, work, args.steps, args.warmup,
-                                                                      rollout_dtype="bfloat16")
-            if args.only in (None, "trl"):
-                result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup)
+                    sides["rlreason_bf16_rollouts"] = RlreasonSteps(model_dir, work, args.steps, "bfloat16")
+                result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup,
+                                          between_steps=lambda: [s.step() for s in sides.values()])
+                for name, side in sides.items():
+                    result[name] = side.summary(args.warmup)
+            else:
+                if args.only in (None, "rlreason"):
+                    result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup)
+                    if args.bf16_rollouts:
+                        result["rlreason_bf16_rollouts"] = bench_rlreason(
+                            model_dir, work, args.steps, args.warmup, rollout_dtype="bfloat16")
+                if args.only in (None, "trl"):
+                    result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup)
     env["loadavg_end"] = list(os.getloadavg())
     r, t = result["rlreason"], result["trl"]
     if r and t and r["median_step_s"] and t["median_step_s"]:
         result["ratio"] = r["median_step_s"] / t["median_step_s"]
         result["meets_target"] = result["ratio"] <= TARGET_RATIO
+        if args.schedule == "interleaved" and len(r["step_times_s"]) == len(t["step_times_s"]):
+            # step i of each ran back to back: their ratio cancels load that changed slowly
+            pairs = [a / b for a, b in zip(r["step_times_s"], t["step_times_s"])][args.warmup:]
+            result["paired_step_ratio_median"] = statistics.median(pairs)
         b = result.get("rlreason_bf16_rollouts")
         if b and b["median_step_s"]:  # reported beside the same-precision ratio, not instead of it
             result["ratio_bf16_rollouts"] = b["median_step_s"] / t["median_step_s"]
