@@ -97,7 +97,23 @@ class SyntheticConfig(_Section):
     seed: int = Field(1234, description="Seed of the generated problems.")
 
 
-class DataConfig(_Section):
+class RowFields(BaseModel):
+    """Which fields of a dataset row hold what: shared by a recipe's `data` section and an
+    evaluation suite's `fields` block, so both read rows the same way (data.loaders.FieldMap)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    id_key: str | None = Field(None, description="Row field holding a unique id (default: '<source>-<index>').")
+    prompt_key: str = Field("prompt", description="Row field holding the problem text.")
+    messages_key: str | None = Field(None, description="Row field holding a chat message list.")
+    answer_key: str = Field("answer", description="Row field holding the reference answer.")
+    solution_key: str | None = Field(None, description="Row field holding a worked (oracle) solution.")
+    answer_extractor: Literal["none", "gsm8k", "boxed"] = Field(
+        "none", description="How to cut the final answer out of the answer field."
+    )
+
+
+class DataConfig(RowFields):
     source: str = Field(
         "synthetic",
         description="'synthetic', a local .jsonl/.parquet file, or a hub dataset id "
@@ -112,14 +128,6 @@ class DataConfig(_Section):
         0.0, ge=0, lt=1, description="Fraction of the training rows held out when no eval_source."
     )
     limit: int | None = Field(None, gt=0, description="Keep only the first N training rows.")
-    id_key: str | None = Field(None, description="Row field holding a unique id.")
-    prompt_key: str = Field("prompt", description="Row field holding the problem text.")
-    messages_key: str | None = Field(None, description="Row field holding a chat message list.")
-    answer_key: str = Field("answer", description="Row field holding the reference answer.")
-    solution_key: str | None = Field(None, description="Row field holding an oracle solution.")
-    answer_extractor: Literal["none", "gsm8k", "boxed"] = Field(
-        "none", description="How to turn the answer field into the final answer."
-    )
     template: Literal["auto", "chat", "plain"] = Field(
         "auto", description="Prompt building: tokenizer chat template, plain format, or auto."
     )

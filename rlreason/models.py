@@ -23,7 +23,8 @@ from .config import ModelConfig, SyntheticConfig
 
 TINY_FORMAT_VERSION = 1  # bump when the tiny model or its warm-start changes meaning
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# dtype names a recipe may use (model.dtype, rollout.dtype) and the torch dtypes they mean
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def char_tokenizer():
@@ -148,7 +149,7 @@ def load_causal_lm(name_or_path: str, cfg: ModelConfig):
 
     kwargs = {}
     if cfg.dtype != "auto":
-        kwargs["dtype"] = _DTYPES[cfg.dtype]
+        kwargs["dtype"] = TORCH_DTYPES[cfg.dtype]
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     try:

@@ -452,7 +452,7 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     from accelerate import Accelerator
 
     from .data.templates import encode_prompts
-    from .models import _DTYPES, load_policy, load_reference
+    from .models import TORCH_DTYPES, load_policy, load_reference
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -498,7 +498,7 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     # the transformers backend samples from a whole copy, refreshed by sync_weights (a
     # colocated vLLM engine holds one too), when training shards parameters or rollouts
     # run in another dtype
-    rollout_dtype = _DTYPES.get(cfg.rollout.dtype)
+    rollout_dtype = TORCH_DTYPES.get(cfg.rollout.dtype)
     other_dtype = rollout_dtype is not None and rollout_dtype != next(model.parameters()).dtype
     twin = None
     if cfg.rollout.backend == "hf" and (shards_parameters(accelerator) or other_dtype):

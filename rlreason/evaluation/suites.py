@@ -30,6 +30,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from rlreason.config import RowFields
 from rlreason.data.loaders import DataError, FieldMap, load_problems
 from rlreason.types import Problem
 
@@ -67,14 +68,8 @@ class SuiteData(_Strict):
     format: Literal["auto", "jsonl", "parquet", "hub"] = Field("auto", description="Force a format.")
 
 
-class SuiteFields(_Strict):
-    id_key: str | None = Field(None, description="Row field holding a unique id (default: '<stem>-<index>').")
-    prompt_key: str = Field("prompt", description="Row field holding the problem text.")
-    messages_key: str | None = Field(None, description="Row field holding a chat message list.")
-    answer_key: str = Field("answer", description="Row field holding the reference answer.")
-    solution_key: str | None = Field(None, description="Row field holding a worked solution.")
-    answer_extractor: Literal["none", "gsm8k", "boxed"] = Field(
-        "none", description="How to cut the final answer out of the answer field.")
+class SuiteFields(RowFields):
+    """A suite's `fields` block: the same keys as a recipe's `data` section."""
 
 
 class SuitePrompt(_Strict):
