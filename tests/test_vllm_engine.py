@@ -62,6 +62,46 @@ def test_weights_pushed_in_memory_are_what_vllm_samples_from(tiny_dir):
     assert cut >= 4
 
 
+def test_weight_push_streams_so_little_is_held_at_once(tiny_dir):
+    """update_weights hands vLLM the stream itself: a tensor pushed for an earlier layer is
+    released before later ones are produced (what a ZeRO-3/FSDP gather relies on to stay
+    bounded), and the pushed weights are still what vLLM samples from."""
+    import weakref
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlreason.rollout.vllm import VLLMEngine
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    eng = VLLMEngine(str(tiny_dir), tok, max_model_len=64, dtype="float32", seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    alive: set[int] = set()
+    most = 0
+
+    def stream():  # fresh copies, as a gather from shards makes them
+        nonlocal most
+        for i, (name, p) in enumerate(model.named_parameters()):
+            t = p.detach().clone()
+            alive.add(i)
+            weakref.finalize(t, alive.discard, i)
+            most = max(most, len(alive))
+            yield name, t
+            del t
+
+    eng.update_weights(stream())
+    n = len(list(model.parameters()))
+    per_layer = len(list(model.model.layers[0].parameters()))
+    # the tied embedding is held to the end (sent again as lm_head.weight), one layer is
+    # buffered until complete: never the whole model
+    assert most <= per_layer + 2 < n, (most, per_layer, n)
+    prompt = tok("12+34=", add_special_tokens=False)["input_ids"]
+    c = eng.generate([prompt], 2, SamplingParams(temperature=1.0, max_tokens=8))[0][0]
+    assert (_logprobs(model, prompt, c.token_ids) - torch.tensor(c.logprobs)).abs().max() < 1e-4
+
+
 def test_lora_adapter_pushes_replace_the_served_adapter(tiny_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -78,7 +78,7 @@ def test_a_sleeping_engine_wakes_before_it_takes_new_weights():
     log: list[str] = []
     eng = object.__new__(VLLMEngine)  # the engine's own logic, vLLM itself stubbed
     eng.llm, eng.sleep_mode, eng.sleeping, eng.tie_word_embeddings = _StubLLM(log), True, False, False
-    eng.sync_chunk_bytes = 1 << 20
+    eng.in_process = True
     eng.sleep()
     eng.sleep()  # already asleep: no second call
     eng.update_weights([("model.norm.weight", torch.ones(4))])

