@@ -88,6 +88,14 @@ def test_a_sleeping_engine_wakes_before_it_takes_new_weights():
     assert log[-1] == "reload"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without a GPU")
+def test_sleep_mode_without_a_gpu_names_the_setting():
+    from rlreason.rollout.vllm import VLLMEngine
+
+    with pytest.raises(ValueError, match="rollout.vllm_sleep_mode=true needs a CUDA GPU"):
+        VLLMEngine("unused", None, sleep_mode=True)
+
+
 def test_trainer_pushes_after_every_step_before_sampling(tiny_recipe):
     """Order of engine calls over two steps: push, generate, sleep; the engine never
     samples from weights older than the last optimizer step."""

@@ -121,6 +121,9 @@ class VLLMEngine:
                  gpu_memory_utilization: float = 0.3, dtype: str = "auto",
                  enable_lora: bool = False, max_lora_rank: int = 16, sleep_mode: bool = False,
                  tensor_parallel_size: int = 1):
+        if sleep_mode and not torch.cuda.is_available():  # vLLM's own message names no setting
+            raise ValueError("rollout.vllm_sleep_mode=true needs a CUDA GPU: vLLM's sleep mode "
+                             "frees GPU memory and is not supported on CPU; set it to false")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated, in-process
         try:
             from vllm import LLM
