@@ -123,3 +123,49 @@ def test_trainer_pushes_after_every_step_before_sampling(tiny_recipe):
     for _ in range(2):
         rl_step(run)
     assert events == ["push", "generate", "sleep"] * 2
+
+
+def test_tensor_parallel_groups_are_consecutive_blocks_that_divide_the_world():
+    from rlreason.rollout.vllm import tensor_parallel_groups
+
+    assert tensor_parallel_groups(4, 2) == [[0, 1], [2, 3]]
+    assert tensor_parallel_groups(2, 1) == [[0], [1]]
+    with pytest.raises(ValueError, match=r"rollout.vllm_tensor_parallel_size=2 must divide .* \(3\)"):
+        tensor_parallel_groups(3, 2)
+
+
+def _tp_rank(rank: int, port: int, out) -> None:
+    import torch.distributed as dist
+
+    from rlreason.rollout.vllm import generate_in_group
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    seen = []
+
+    def engine(flat):  # what the shared engine is asked, and an answer per prompt
+        seen.append(flat)
+        return [[f"completion of {p}"] for p in flat]
+
+    mine = [[[1, 2], [3]], [[4, 5, 6]]][rank]
+    out.put((rank, seen, generate_in_group(mine, dist.group.WORLD, engine)))
+    dist.destroy_process_group()
+
+
+def test_ranks_of_one_tensor_parallel_engine_submit_the_same_requests_and_keep_their_share():
+    import torch.multiprocessing as mp
+
+    from rlreason.rollout.transfer import free_port
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_tp_rank, args=(r, port, q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict((r, (seen, share)) for r, seen, share in (q.get(timeout=60) for _ in procs))
+    for p in procs:
+        p.join(timeout=30)
+    everything = [[1, 2], [3], [4, 5, 6]]
+    assert got[0][0] == got[1][0] == [everything]  # both ranks asked for the same thing
+    assert got[0][1] == [["completion of [1, 2]"], ["completion of [3]"]]
+    assert got[1][1] == [["completion of [4, 5, 6]"]]

