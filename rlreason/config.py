@@ -164,13 +164,15 @@ class RolloutConfig(_Section):
         0.3, gt=0, le=1, description="GPU memory fraction for a colocated vLLM engine."
     )
     vllm_sleep_mode: bool = Field(
-        False, description="Free vLLM's GPU memory while the trainer runs (vLLM sleep mode)."
+        False, description="Free vLLM's GPU memory while the trainer runs (vLLM sleep mode; GPU only)."
     )
     vllm_dtype: str = Field("auto", description="vLLM weight dtype (auto, bfloat16, float32).")
     vllm_max_model_len: int | None = Field(
         None, gt=0, description="vLLM context length (default: max prompt + completion length)."
     )
-    vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
+    vllm_tensor_parallel_size: int = Field(
+        1, ge=1, description="vLLM tensor parallel size; under accelerate launch, consecutive blocks of "
+        "this many processes share one engine (must divide the process count).")
     server_url: str = Field("http://127.0.0.1:8000", description="backend=server: where `rlreason serve` listens.")
     server_timeout_s: float = Field(600.0, gt=0, description="backend=server: wait this long for the server.")
     server_transfer_host: str | None = Field(
