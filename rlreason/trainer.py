@@ -272,6 +272,10 @@ def check_batch(cfg: RecipeConfig, world_size: int) -> None:
         up = (P // world_size + 1) * world_size
         raise ValueError(f"train.prompts_per_step={P} does not split over {world_size} processes "
                          f"(each must get whole prompts): use a multiple of {world_size}, e.g. {up}")
+    if cfg.rollout.backend == "vllm" and world_size > 1:  # engines per block of ranks
+        from .rollout.vllm import tensor_parallel_groups
+
+        tensor_parallel_groups(world_size, cfg.rollout.vllm_tensor_parallel_size)
     if cfg.guidance.enabled and round(cfg.guidance.guided_ratio * P) > P:
         raise ValueError("guidance.guided_ratio must be <= 1")
 

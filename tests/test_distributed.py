@@ -27,6 +27,9 @@ def test_batch_that_does_not_split_over_the_world_names_the_numbers():
     with pytest.raises(ValueError, match="prompts_per_step=6 does not split over 4 processes.*e.g. 8"):
         check_batch(load_config(None, ["train.prompts_per_step=6"]), 4)
     check_batch(load_config(None, ["train.prompts_per_step=8"]), 4)
+    with pytest.raises(ValueError, match="rollout.vllm_tensor_parallel_size=3 must divide"):
+        check_batch(load_config(None, ["rollout.backend=vllm", "rollout.vllm_tensor_parallel_size=3"]), 4)
+    check_batch(load_config(None, ["rollout.backend=vllm", "rollout.vllm_tensor_parallel_size=2"]), 1)
 
 
 @pytest.mark.slow
