@@ -226,3 +226,28 @@ def test_vllm_server_follows_pushed_weights_and_adapters(tiny_dir):
             c = engine.generate([prompt], 1, SamplingParams(temperature=1.0, max_tokens=8))[0][0]
             diff = (_logprobs(lora if push else model, prompt, c.token_ids) - torch.tensor(c.logprobs)).abs().max()
             assert diff < 1e-4, (push, float(diff))
+
+
+def test_two_ranks_share_one_tensor_parallel_engine(tiny_dir, tmp_path):
+    """Colocated vLLM under a launcher with tensor parallel 2: both trainer ranks hold a
+    shard of one engine, submit the union of their prompts, get back their own
+    completions, and pushes reach both shards (logprobs match transformers)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rlreason.rollout.transfer import free_port
+
+    worker = Path(__file__).parent / "dist" / "vllm_tp_worker.py"
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(free_port("127.0.0.1")), str(worker), str(tiny_dir),
+                          str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    for rank in (0, 1):
+        r = json.loads((tmp_path / f"tp_rank{rank}.json").read_text())
+        assert len(r["prompts"]) == (2 if rank == 0 else 1)
+        for round_ in r["rounds"]:  # before the first push and after it
+            assert round_["prompts_back"] == [[p, p] for p in r["prompts"]]
+            assert round_["max_logprob_diff"] < 1e-4
