@@ -42,7 +42,13 @@ def _model(kind: str, lora: bool = False):
 @pytest.mark.parametrize("kind,lora", [("llama", False), ("qwen2", False), ("qwen3", False),
                                        ("llama", True)])
 def test_static_cache_path_matches_transformers_forward(kind, lora):
+    from rlreason.rollout.static_cache import StaticCacheDecoder
+
     model, tok = _model(kind, lora)
+    # plain float32 Llama/Qwen2 layers take the fused decode; per-head q/k norms and peft
+    # layers the module-by-module one: both must give the reference's numbers
+    fused = StaticCacheDecoder(model, 1, 8).fused is not None
+    assert fused == (kind in ("llama", "qwen2") and not lora)
     prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in ["1+2=", "345+9=", "7="]]
     sp = SamplingParams(temperature=1.0, max_tokens=12)
     outs = []
@@ -61,6 +67,42 @@ def test_static_cache_path_matches_transformers_forward(kind, lora):
         logits = model(input_ids=ids).logits[0, len(c.prompt_token_ids) - 1 : -1]
     lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
     assert torch.allclose(lp, torch.tensor(c.logprobs), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_rows_leaving_the_cache_early_do_not_change_the_others(kind):
+    """Finished rows are dropped from the KV cache (and from the decode mask) as they
+    finish; compacting at every finish must give what the reference loop gives."""
+    model, tok = _model(kind)
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in ["1+2=", "345+9=", "7="]]
+    # a third of the vocabulary ends a completion: rows finish at many different steps
+    sp = SamplingParams(temperature=1.0, max_tokens=16, stop_token_ids=tuple(range(40, 75)))
+    outs = []
+    for static in (False, True):
+        eng = HFEngine(model, tok, seed=5, static_cache=static)
+        eng.compact_at = 1.0  # shrink the cache at every step that finishes a row
+        outs.append([c for g in eng.generate(prompts, 4, sp) for c in g])
+    ref, fast = outs
+    lengths = sorted({len(c.token_ids) for c in fast})
+    assert len(lengths) >= 4, lengths  # the batch really shrank several times
+    assert [c.token_ids for c in ref] == [c.token_ids for c in fast]
+    for a, b in zip(ref, fast):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+
+
+def test_only_small_float32_models_take_the_fused_decode():
+    from rlreason.rollout import static_cache
+
+    model, _ = _model("llama")
+    assert static_cache.StaticCacheDecoder(model, 1, 8).fused is not None
+    assert static_cache.StaticCacheDecoder(model.to(torch.bfloat16), 1, 8).fused is None
+    model = model.float()
+    limit = static_cache.FUSE_MAX_BYTES
+    try:
+        static_cache.FUSE_MAX_BYTES = 1000
+        assert static_cache.StaticCacheDecoder(model, 1, 8).fused is None
+    finally:
+        static_cache.FUSE_MAX_BYTES = limit
 
 
 def test_greedy_is_deterministic_and_seeded_sampling_repeats():
