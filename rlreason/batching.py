@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .algos.token_logprobs import token_logprobs
+
 PACKABLE_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3")
 
 
@@ -168,19 +170,6 @@ def _packed(seqs: list[Sequence], pad_id: int, device, T: int, attn_impl: str,
     return batch
 
 
-def _logp_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
-                      with_entropy: bool):
-    """log-softmax as gather - logsumexp (no full log-prob tensor kept); [..., V] -> [...]."""
-    logits = logits.float() / temperature
-    lse = logits.logsumexp(-1)
-    logp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
-    return logp, entropy
-
-
 def completion_logits(model, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [N, V], targets [N]) at the N completion positions of a batch, flattened:
     what a token-level supervised loss (SFT, OTR) needs."""
@@ -206,8 +195,9 @@ def completion_logprobs(model, batch: dict[str, Any], temperature: float,
         src_r, src_c, dst_b, dst_t, targets = batch["gather"]
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                        attention_mask=batch["attention_mask"], use_cache=False).logits
-        flat_lp, flat_ent = _logp_and_entropy(logits[src_r, src_c], targets, temperature,
-                                              with_entropy)
+        picked = logits[src_r, src_c]  # completion positions only
+        del logits  # the full [rows, length, vocab] output is not needed past this point
+        flat_lp, flat_ent = token_logprobs(picked, targets, temperature, with_entropy)
         logp = flat_lp.new_zeros(mask.shape).index_put((dst_b, dst_t), flat_lp)
         entropy = None
         if flat_ent is not None:
@@ -216,7 +206,10 @@ def completion_logprobs(model, batch: dict[str, Any], temperature: float,
     ids, attn, P = batch["input_ids"], batch["attention_mask"], batch["prompt_len"]
     T = ids.size(1) - P
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    # only the last T+1 positions are projected to the vocabulary (large vocabularies)
+    # only the last T+1 positions are projected to the vocabulary (large vocabularies); the
+    # last one predicts past the end (target: padding), dropped below, so no slice is copied
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                   logits_to_keep=T + 1, use_cache=False).logits[:, :-1]
-    return _logp_and_entropy(logits, ids[:, P:], temperature, with_entropy)
+                   logits_to_keep=T + 1, use_cache=False).logits
+    targets = torch.cat([ids[:, P:], ids.new_zeros(ids.size(0), 1)], dim=1)
+    logp, entropy = token_logprobs(logits, targets, temperature, with_entropy)
+    return logp[:, :-1], None if entropy is None else entropy[:, :-1]
