@@ -39,7 +39,7 @@ def test_two_process_ddp_step_equals_one_process(tmp_path):
     tiny_llama(tok, 2, 64, 128, 4, seed=0).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    res = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", "29517", str(WORKER),
+    res = subprocess.run(["torchrun", "--nproc_per_node", "2", "--standalone", str(WORKER),
                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp.json").read_text())

@@ -109,7 +109,7 @@ def test_data_parallel_ranks_share_one_server_and_rank0_pushes(tmp_path):
     worker = Path(__file__).resolve().parent / "dist" / "server_worker.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     with running_server(tmp_path / "model") as url:
-        res = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", "29541", str(worker),
+        res = subprocess.run(["torchrun", "--nproc_per_node", "2", "--standalone", str(worker),
                               str(tmp_path), url], env=env, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
         health = json.loads(urllib.request.urlopen(url + "/health").read())

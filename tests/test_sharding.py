@@ -169,7 +169,7 @@ def test_sharded_checkpoint_resumes_exactly(tiny_recipe, tmp_path, monkeypatch):
 def test_fsdp2_two_processes_gather_whole_weights_into_the_rollout_copy(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     worker = ROOT / "tests" / "dist" / "fsdp2_worker.py"
-    res = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", "29533", str(worker),
+    res = subprocess.run(["torchrun", "--nproc_per_node", "2", "--standalone", str(worker),
                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads((tmp_path / "fsdp2.json").read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -80,8 +81,15 @@ def main(work: Path) -> None:
     out.update(_lora_gather(tok, mesh, acc))
     if rank == 0:
         (work / "fsdp2.json").write_text(json.dumps(out))
+    dist.barrier()  # neither rank tears down while the other still has gloo work in flight
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    # About 1 run in 10 aborted at interpreter exit, after the results were written
+    # ("terminate called without an active exception": a thread of torch's gloo/FSDP2
+    # machinery torn down unjoined). The test judges the written results; skip the teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
