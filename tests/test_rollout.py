@@ -45,10 +45,10 @@ def test_static_cache_path_matches_transformers_forward(kind, lora):
     from rlreason.rollout.static_cache import StaticCacheDecoder
 
     model, tok = _model(kind, lora)
-    # plain float32 Llama/Qwen2 layers take the fused decode; per-head q/k norms and peft
-    # layers the module-by-module one: both must give the reference's numbers
+    # float32 Llama/Qwen2 layers (LoRA folded in) take the fused decode; per-head q/k norms
+    # the module-by-module one: both must give the reference's numbers
     fused = StaticCacheDecoder(model, 1, 8).fused is not None
-    assert fused == (kind in ("llama", "qwen2") and not lora)
+    assert fused == (kind in ("llama", "qwen2"))
     prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in ["1+2=", "345+9=", "7="]]
     sp = SamplingParams(temperature=1.0, max_tokens=12)
     outs = []
@@ -90,7 +90,7 @@ def test_rows_leaving_the_cache_early_do_not_change_the_others(kind):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
 
 
-def test_only_small_float32_models_take_the_fused_decode():
+def test_only_small_float32_models_without_dora_take_the_fused_decode():
     from rlreason.rollout import static_cache
 
     model, _ = _model("llama")
@@ -103,6 +103,11 @@ def test_only_small_float32_models_take_the_fused_decode():
         assert static_cache.StaticCacheDecoder(model, 1, 8).fused is None
     finally:
         static_cache.FUSE_MAX_BYTES = limit
+    # a LoRA adapter is folded into the copy; DoRA (a weight-dependent rescale) is not
+    from peft import LoraConfig, get_peft_model
+
+    dora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    assert static_cache.StaticCacheDecoder(dora, 1, 8).fused is None
 
 
 def test_greedy_is_deterministic_and_seeded_sampling_repeats():

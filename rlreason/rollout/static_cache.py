@@ -9,7 +9,8 @@ the model defines them; only cache handling and masking are ours. Supported:
 Llama, Qwen2, Qwen3, Mistral (no sliding window); anything else falls back to the
 transformers forward. Tests check the logits against the transformers forward.
 
-Small float32 models with plain linear layers decode through `FusedLayers`: copies of the
+Small float32 models with plain linear layers (or LoRA on them, folded into the copy)
+decode through `FusedLayers`: copies of the
 weights rearranged, per rollout, so that a layer is about 20 kernels instead of 40 (the
 profile of a 4-layer, hidden-256 model on 2 cores: a decode step cost ~1.1 ms whatever
 the batch, most of it per-kernel overhead). See its docstring for the rearrangement.
@@ -72,6 +73,35 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 FUSE_MAX_BYTES = 256 << 20  # beyond this, matmuls dominate and copying the weights costs more
 
 
+def _linear_parts(mod) -> tuple[torch.nn.Linear, list[str]] | None:
+    """(base nn.Linear, active LoRA adapters to add) of a layer that applies one linear
+    map: a plain nn.Linear, or a peft LoRA layer on one; None for anything else (DoRA and
+    other variants, LoRA biases, disabled adapters)."""
+    if type(mod) is torch.nn.Linear:
+        return mod, []
+    base = getattr(mod, "base_layer", None)
+    if type(base) is not torch.nn.Linear or not hasattr(mod, "get_delta_weight"):
+        return None
+    if getattr(mod, "merged", False):  # the adapters are in the base weight already
+        return base, []
+    if getattr(mod, "disable_adapters", False):
+        return None
+    active = [a for a in mod.active_adapters if a in getattr(mod, "lora_A", {})]
+    if any(getattr(mod, "lora_variant", {}).get(a) or getattr(mod, "lora_bias", {}).get(a) for a in active):
+        return None
+    return base, active
+
+
+def _effective_linear(mod) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of a layer `_linear_parts` accepts: LoRA's scaled B A added to the
+    base weight, so the adapter costs no matmul of its own while decoding."""
+    base, adapters = _linear_parts(mod)
+    weight = base.weight
+    for a in adapters:
+        weight = weight + mod.get_delta_weight(a)
+    return weight, base.bias
+
+
 def _unit_rms(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """x * rsqrt(mean(x^2) + eps) in four kernels (the norm's weight is folded into the next
     matmul); F.rms_norm costs about nine on CPU."""
@@ -101,29 +131,34 @@ class FusedLayers:
         self.layers = []
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
-            qkv = torch.cat([rows(a.q_proj.weight, self.nq), rows(a.k_proj.weight, self.nkv),
-                             a.v_proj.weight]) * layer.input_layernorm.weight
+            (wq, bq), (wk, bk), (wv, bv), (wo, _) = (_effective_linear(x) for x in (
+                a.q_proj, a.k_proj, a.v_proj, a.o_proj))
+            (wg, _), (wu, _), (wd, _) = (_effective_linear(x) for x in (m.gate_proj, m.up_proj, m.down_proj))
+            qkv = torch.cat([rows(wq, self.nq), rows(wk, self.nkv), wv]) * layer.input_layernorm.weight
             bias = None
-            if a.q_proj.bias is not None:
-                bias = torch.cat([rows(a.q_proj.bias[:, None], self.nq)[:, 0],
-                                  rows(a.k_proj.bias[:, None], self.nkv)[:, 0], a.v_proj.bias])
+            if bq is not None:
+                bias = torch.cat([rows(bq[:, None], self.nq)[:, 0], rows(bk[:, None], self.nkv)[:, 0], bv])
             self.layers.append(dict(
-                qkv=qkv, qkv_bias=bias, o_t=a.o_proj.weight.t(),
-                gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]) * layer.post_attention_layernorm.weight,
-                inter=m.gate_proj.weight.size(0), down_t=m.down_proj.weight.t(),
+                qkv=qkv, qkv_bias=bias, o_t=wo.t(),
+                gate_up=torch.cat([wg, wu]) * layer.post_attention_layernorm.weight,
+                inter=wg.size(0), down_t=wd.t(),
                 eps_in=torch.tensor(layer.input_layernorm.variance_epsilon, device=cos.device),
                 eps_post=torch.tensor(layer.post_attention_layernorm.variance_epsilon, device=cos.device),
                 scaling=a.scaling))
-        self.lm_head = base.lm_head.weight * inner.norm.weight
+        self.lm_head = _effective_linear(base.lm_head)[0] * inner.norm.weight
         self.eps_final = torch.tensor(inner.norm.variance_epsilon, device=cos.device)
         self.freqs = torch.complex(cos[:, : D // 2], sin[:, : D // 2])  # [max_len, D/2]
 
     @staticmethod
     def eligible(base, cos: torch.Tensor) -> bool:
         inner = base.model
-        linear = lambda m: type(m) is torch.nn.Linear  # noqa: E731  (peft layers are not)
         D = cos.size(-1)
-        if next(base.parameters()).dtype != torch.float32 or not linear(base.lm_head):
+
+        def linear(m, bias_ok: bool = True) -> bool:
+            parts = _linear_parts(m)
+            return parts is not None and (bias_ok or parts[0].bias is None)
+
+        if next(base.parameters()).dtype != torch.float32 or not linear(base.lm_head, bias_ok=False):
             return False
         if getattr(base.config, "hidden_act", None) not in ("silu", "swish"):
             return False
@@ -133,11 +168,11 @@ class FusedLayers:
             return False
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
-            mods = [getattr(a, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-            mods += [getattr(m, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-            if not all(linear(x) for x in mods) or hasattr(a, "q_norm"):
+            qkv = [getattr(a, n, None) for n in ("q_proj", "k_proj", "v_proj")]
+            rest = [getattr(a, "o_proj", None)] + [getattr(m, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+            if not all(linear(x) for x in qkv) or not all(linear(x, bias_ok=False) for x in rest):
                 return False
-            if a.o_proj.bias is not None or m.down_proj.bias is not None or m.gate_proj.bias is not None:
+            if hasattr(a, "q_norm"):
                 return False
             if not all(hasattr(n, "variance_epsilon") for n in (layer.input_layernorm,
                                                                  layer.post_attention_layernorm)):
