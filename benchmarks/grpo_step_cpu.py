@@ -50,6 +50,7 @@ NUM_GENERATIONS = 4
 MAX_COMPLETION_LENGTH = 64
 LEARNING_RATE = 1e-4
 TARGET_RATIO = 0.5
+LORA = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}  # the peer's --lora
 
 
 # ---------------------------------------------------------------- shared setup (as the peer's)
@@ -120,7 +121,8 @@ class RlreasonSteps:
     """rlreason's side, one timed `rl_step` per call, so the steps can run alone or
     interleaved with TRL's (see `--schedule`)."""
 
-    def __init__(self, model_dir: str, work: str, steps: int, rollout_dtype: str = "auto"):
+    def __init__(self, model_dir: str, work: str, steps: int, rollout_dtype: str = "auto",
+                 lora: bool = False):
         from rlreason.config import RecipeConfig
         from rlreason.rewards import RewardFunction
         from rlreason.trainer import build_run
@@ -128,7 +130,8 @@ class RlreasonSteps:
         data = Path(work) / "add.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in make_rows()))
         cfg = RecipeConfig.model_validate({
-            "model": {"name_or_path": model_dir, "dtype": "float32"},
+            "model": {"name_or_path": model_dir, "dtype": "float32",
+                      "lora": {"enabled": lora, **LORA}},
             "data": {"source": str(data), "template": "plain"},
             "rewards": [{"name": "exact_match"}],  # replaced by `starts_with` below
             "rollout": {"backend": "hf", "temperature": 1.0, "top_p": 1.0,
@@ -180,9 +183,10 @@ class RlreasonSteps:
         return out
 
 
-def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int, rollout_dtype: str = "auto") -> dict:
+def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int, rollout_dtype: str = "auto",
+                   lora: bool = False) -> dict:
     seed_all()
-    side = RlreasonSteps(model_dir, work, steps, rollout_dtype)
+    side = RlreasonSteps(model_dir, work, steps, rollout_dtype, lora)
     for _ in range(steps):
         side.step()
     return side.summary(warmup)
@@ -192,7 +196,7 @@ def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int, rollout_d
 
 
 def bench_trl(model_dir: str, work: str, steps: int, warmup: int,
-              between_steps: Callable[[], None] | None = None) -> dict:
+              between_steps: Callable[[], None] | None = None, lora: bool = False) -> dict:
     """`between_steps` runs after each TRL step, outside its timed span (interleaving)."""
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -221,7 +225,13 @@ def bench_trl(model_dir: str, work: str, steps: int, warmup: int,
                      use_cpu=True, bf16=False, save_strategy="no", seed=SEED, beta=0.0)
     timer = StepTimer()
     seed_all()
-    trainer = GRPOTrainer(model=model_dir, reward_funcs=reward, args=cfg,
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules=LORA["target_modules"],
+                                 task_type="CAUSAL_LM")
+    trainer = GRPOTrainer(model=model_dir, reward_funcs=reward, args=cfg, peft_config=peft_config,
                           train_dataset=Dataset.from_list(make_rows()), callbacks=[timer])
     gen_times: list[float] = []
     if hasattr(trainer, "_generate"):  # time generation too (same span rlreason reports)
@@ -284,6 +294,8 @@ def main() -> None:
     ap.add_argument("--schedule", choices=["interleaved", "sequential"], default="interleaved",
                     help="interleaved (default): one rlreason step after each TRL step, so both "
                          "see the same machine load; sequential: all rlreason steps, then TRL's")
+    ap.add_argument("--lora", action="store_true",
+                    help="both systems train LoRA adapters (r 8, alpha 16, q_proj and v_proj: the peer's --lora)")
     ap.add_argument("--bf16-rollouts", action="store_true",
                     help="also time rlreason with rollout.dtype=bfloat16 (fp32 training, bf16 sampling)")
     args = ap.parse_args()
@@ -316,6 +328,7 @@ def main() -> None:
                         "same process, one rlreason step after each TRL step (outside TRL's timed span)"
                         if args.schedule == "interleaved" else "same process, rlreason then trl"),
             "device": "cpu",
+            "lora": LORA if args.lora else None,
         },
         "rlreason": None,
         "trl": None,
@@ -331,21 +344,23 @@ def main() -> None:
         with contextlib.redirect_stdout(sys.stderr):
             if args.only is None and args.schedule == "interleaved":
                 seed_all()
-                sides = {"rlreason": RlreasonSteps(model_dir, work, args.steps)}
+                sides = {"rlreason": RlreasonSteps(model_dir, work, args.steps, lora=args.lora)}
                 if args.bf16_rollouts:  # the same training, sampling from a bf16 copy
-                    sides["rlreason_bf16_rollouts"] = RlreasonSteps(model_dir, work, args.steps, "bfloat16")
+                    sides["rlreason_bf16_rollouts"] = RlreasonSteps(model_dir, work, args.steps, "bfloat16",
+                                                                    lora=args.lora)
                 result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup,
-                                          between_steps=lambda: [s.step() for s in sides.values()])
+                                          between_steps=lambda: [s.step() for s in sides.values()],
+                                          lora=args.lora)
                 for name, side in sides.items():
                     result[name] = side.summary(args.warmup)
             else:
                 if args.only in (None, "rlreason"):
-                    result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup)
+                    result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup, lora=args.lora)
                     if args.bf16_rollouts:
                         result["rlreason_bf16_rollouts"] = bench_rlreason(
-                            model_dir, work, args.steps, args.warmup, rollout_dtype="bfloat16")
+                            model_dir, work, args.steps, args.warmup, rollout_dtype="bfloat16", lora=args.lora)
                 if args.only in (None, "trl"):
-                    result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup)
+                    result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup, lora=args.lora)
     env["loadavg_end"] = list(os.getloadavg())
     r, t = result["rlreason"], result["trl"]
     if r and t and r["median_step_s"] and t["median_step_s"]:
