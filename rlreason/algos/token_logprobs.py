@@ -31,20 +31,30 @@ def _scaled(chunk: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 class _TokenLogprobs(torch.autograd.Function):
+    """Outputs (log-probs [N], entropy [N] or an empty tensor): the entropy, a metric without a
+    gradient, comes from the same pass over the chunks as the log-normaliser."""
+
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temperature: float):
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                with_entropy: bool):
         N, V = logits.shape
         lse = torch.empty(N, dtype=torch.float32, device=logits.device)
+        entropy = torch.empty(N if with_entropy else 0, dtype=torch.float32, device=logits.device)
         step = _rows_per_chunk(V)
         for s in range(0, N, step):
-            lse[s : s + step] = torch.logsumexp(_scaled(logits[s : s + step], temperature), dim=-1)
+            x = _scaled(logits[s : s + step], temperature)
+            lse[s : s + step] = torch.logsumexp(x, dim=-1)
+            if with_entropy:  # H = lse - sum_j p_j x_j
+                p = (x - lse[s : s + step, None]).exp_()
+                entropy[s : s + step] = lse[s : s + step] - p.mul_(x).sum(-1)
         picked = logits.gather(-1, targets[:, None]).squeeze(-1).float() / temperature
         ctx.save_for_backward(logits, targets, lse)
         ctx.temperature = temperature
-        return picked - lse
+        ctx.mark_non_differentiable(entropy)
+        return picked - lse, entropy
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(ctx, grad_out: torch.Tensor, _grad_entropy):
         logits, targets, lse = ctx.saved_tensors
         T = ctx.temperature
         grad = torch.empty_like(logits)
@@ -54,27 +64,14 @@ class _TokenLogprobs(torch.autograd.Function):
             # softmax from the saved log-normaliser, times -g, plus g at the target
             p = _scaled(logits[s : s + step], T).sub_(lse[s : s + step, None]).exp_().mul_(-g[:, None])
             grad[s : s + step] = p.scatter_add_(-1, targets[s : s + step, None], g[:, None])
-        return grad, None, None
+        return grad, None, None, None
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """logits [..., V] (any float dtype), targets [...] -> (log-probs [...] float32,
-    entropy [...] or None). Entropy is a metric: computed without a graph, chunk by chunk."""
+    entropy [...] or None; the entropy carries no gradient)."""
     shape = targets.shape
-    logits, targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
-    logp, entropy = _flat(logits, targets, temperature, with_entropy)
-    return logp.view(shape), None if entropy is None else entropy.view(shape)
-
-
-def _flat(logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool):
-    logp = _TokenLogprobs.apply(logits, targets, float(temperature))
-    entropy = None
-    if with_entropy:
-        entropy = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
-        step = _rows_per_chunk(logits.size(-1))
-        with torch.no_grad():
-            for s in range(0, logits.size(0), step):
-                lp = torch.log_softmax(_scaled(logits[s : s + step].detach(), temperature), dim=-1)
-                entropy[s : s + step] = -(lp.exp() * lp).sum(-1)
-    return logp, entropy
+    logp, entropy = _TokenLogprobs.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                         float(temperature), with_entropy)
+    return logp.view(shape), entropy.view(shape) if with_entropy else None
