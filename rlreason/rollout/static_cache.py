@@ -221,7 +221,7 @@ class StaticCacheDecoder:
                   for _ in self.inner.layers]
         self.v = [torch.zeros_like(t) for t in self.k]
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=p.device)
-        self.gqa = kv != base.config.num_attention_heads
+        self.gqa = kv != self.heads
         self.col = 0
         self.bias: torch.Tensor | None = None  # decode's additive mask [B*H, 1, max_len]
         # cos/sin for every position, computed once: a table lookup per step instead of
@@ -270,13 +270,14 @@ class StaticCacheDecoder:
         token is real in every row, so the additive mask only grows by a zero column: it is
         built once, after the prompt, and sliced from then on.
         """
-        cols = torch.arange(c1, device=device)
         if L > 1:
+            cols = torch.arange(c1, device=device)
             qcol = torch.arange(c0, c1, device=device)[:, None]
             mask = ((cols[None, :] <= qcol) & self.valid[:, None, :c1]) | (cols[None, :] == qcol)
             self.bias = None
             return mask[:, None], None
-        if self.bias is None:
+        if self.bias is None:  # the first decode step after the prompt
+            cols = torch.arange(c1, device=device)
             seen = (cols[None, :] <= c0) & self.valid[:, :c1] | (cols[None, :] == c0)
             bias = torch.zeros(B, 1, self.valid.size(1), dtype=self.k[0].dtype, device=device)
             bias[:, 0, :c1] = bias[:, 0, :c1].masked_fill(~seen, float("-inf"))
