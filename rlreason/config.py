@@ -97,11 +97,9 @@ class SyntheticConfig(_Section):
     seed: int = Field(1234, description="Seed of the generated problems.")
 
 
-class RowFields(BaseModel):
+class RowFields(_Section):
     """Which fields of a dataset row hold what: shared by a recipe's `data` section and an
     evaluation suite's `fields` block, so both read rows the same way (data.loaders.FieldMap)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     id_key: str | None = Field(None, description="Row field holding a unique id (default: '<source>-<index>').")
     prompt_key: str = Field("prompt", description="Row field holding the problem text.")

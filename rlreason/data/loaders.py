@@ -67,8 +67,9 @@ class FieldMap:
     def from_settings(cls, settings: Any, **extra: Any) -> FieldMap:
         """The mapping a recipe's `data` section or a suite's `fields` block spells out
         (same attribute names), plus `extra` (e.g. metadata_keys)."""
-        keys = ("id_key", "prompt_key", "messages_key", "answer_key", "solution_key", "answer_extractor")
-        return cls(**{k: getattr(settings, k) for k in keys}, **extra)
+        from rlreason.config import RowFields
+
+        return cls(**{k: getattr(settings, k) for k in RowFields.model_fields}, **extra)
 
     def __post_init__(self) -> None:
         if self.answer_extractor not in ANSWER_EXTRACTORS:
