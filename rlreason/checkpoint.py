@@ -4,12 +4,17 @@ A checkpoint is a folder `checkpoints/step_NNNNNN/` holding the model (full weig
 LoRA adapter alone) with its tokenizer, the optimizer and scheduler states, every RNG the
 run draws from (Python, torch, the rollout sampler) and the data cursor. It is written to
 a temporary folder first and renamed into place, so a crash mid-write never leaves a
-checkpoint that looks complete; `latest` is the highest complete step.
+checkpoint that looks complete; `latest` is the highest complete step of the folder's own
+run (run_dir.py: each checkpoint records its run id, and rotation never touches another
+run's). Every file is read back with `torch.load(weights_only=True)`: what a checkpoint
+holds besides tensors is plain types (numbers, strings, lists, tuples, dicts), so a crafted
+pickle in a checkpoint is refused instead of executed.
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -24,21 +29,32 @@ def checkpoint_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
+def checkpoint_run_id(path: Path) -> str:
+    """The run id a checkpoint was written under ("" for one written before run ids)."""
+    try:
+        return str(json.loads((path / STATE_FILE).read_text()).get("run_id", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def list_checkpoints(output_dir: str | Path, run_id: str | None = None) -> list[Path]:
+    """Complete checkpoints by step; with `run_id`, only that run's ("": those without one)."""
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return []
-    done = [p for p in root.glob("step_*") if (p / STATE_FILE).is_file()]
+    done = [p for p in root.glob("step_*") if (p / STATE_FILE).is_file()
+            and (run_id is None or checkpoint_run_id(p) == run_id)]
     return sorted(done, key=lambda p: int(p.name.split("_")[1]))
 
 
-def resolve_checkpoint(output_dir: str | Path, resume_from: str) -> Path:
-    """'latest' -> newest complete checkpoint of output_dir; else a checkpoint folder."""
+def resolve_checkpoint(output_dir: str | Path, resume_from: str, run_id: str | None = None) -> Path:
+    """'latest' -> newest complete checkpoint of output_dir's run; else a checkpoint folder."""
     if resume_from == "latest":
-        found = list_checkpoints(output_dir)
+        found = list_checkpoints(output_dir, run_id)
         if not found:
             raise FileNotFoundError(
-                f"train.resume_from=latest: no checkpoint in {checkpoint_root(output_dir)}")
+                f"train.resume_from=latest: no checkpoint in {checkpoint_root(output_dir)}"
+                + (f" of run {run_id} (run.json)" if run_id else ""))
         return found[-1]
     path = Path(resume_from)
     if not (path / STATE_FILE).is_file():
@@ -66,8 +82,8 @@ SHARDED_DIR = "accelerate"  # model + optimizer shards, written by accelerate.sa
 
 def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, optimizer,
                     scheduler, state: dict[str, Any], extra_rng: dict[str, Any],
-                    keep: int, accelerator=None, sharded: bool = False) -> Path:
-    """Write checkpoint `step` atomically; keep the newest `keep` checkpoints.
+                    keep: int, accelerator=None, sharded: bool = False, run_id: str = "") -> Path:
+    """Write checkpoint `step` atomically; keep the newest `keep` checkpoints of run `run_id`.
 
     Every process calls this; the main one writes. With `sharded` (FSDP, DeepSpeed: the
     optimizer state, maybe the weights, live in per-rank shards) model and optimizer go
@@ -91,11 +107,11 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, opti
         tokenizer.save_pretrained(tmp / "model")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({**rng_states(), **extra_rng}, tmp / "rng.pt")
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "run_id": run_id, **state}, indent=1))
         if final.exists():  # re-saving the same step (e.g. end of a resumed run)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in list_checkpoints(output_dir)[:-keep]:
+        for old in list_checkpoints(output_dir, run_id)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
@@ -130,6 +146,18 @@ def load_model_weights(model, folder: Path) -> None:
         model.tie_weights()
 
 
+def safe_load(file: Path) -> Any:
+    """torch.load of tensors and plain types only; anything else is refused, not run."""
+    try:
+        return torch.load(file, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{file}: refused to load: it holds Python objects other than tensors and plain types "
+            f"({first}); rlreason never writes such a file, so it was changed or comes from "
+            "elsewhere. Resume from another checkpoint") from None
+
+
 def load_checkpoint(path: Path, *, model, optimizer, scheduler,
                     accelerator=None) -> tuple[dict, dict]:
     """Restore model, optimizer, scheduler and global RNGs; return (state, rng dict).
@@ -141,9 +169,9 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler,
         accelerator.load_state(str(path / SHARDED_DIR))
     else:
         load_model_weights(model, path / "model")
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng = torch.load(path / "rng.pt", weights_only=False)
+        optimizer.load_state_dict(safe_load(path / "optimizer.pt"))
+    scheduler.load_state_dict(safe_load(path / "scheduler.pt"))
+    rng = safe_load(path / "rng.pt")
     set_rng_states(rng)
     state = json.loads((path / STATE_FILE).read_text())
     return state, rng

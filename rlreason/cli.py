@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reinforcement fine-tuning of LLMs on reasoning tasks with verifiable "
         "rewards (GRPO, Dr. GRPO, DAPO, GSPO).",
     )
+    p.add_argument("--traceback", action="store_true",
+                   help="on an error (a reward that raises, a bad config, ...) show the full Python "
+                   "traceback instead of a one-line message; also RLREASON_TRACEBACK=1")
     sub = p.add_subparsers(dest="command", required=True)
     _recipe_command(
         sub, "train", _train, "run a recipe (GRPO family)",
@@ -240,8 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
         "starts from --model; the trainer's first push replaces its weights.")
     sv.add_argument("--model", required=True, help="hub id or local folder (same architecture as the policy)")
     sv.add_argument("--backend", choices=["vllm", "hf"], default="vllm")
-    sv.add_argument("--host", default="0.0.0.0")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default: this machine only); any other needs an API key")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=None,
+                    help="require `Authorization: Bearer KEY` on every endpoint but GET /health "
+                    "(default: env RLREASON_API_KEY; prefer it, argv is visible to other users)")
+    sv.add_argument("--max-request-mb", type=float, default=8.0,
+                    help="larger request bodies get HTTP 413 unread")
+    sv.add_argument("--request-timeout-s", type=float, default=30.0,
+                    help="drop a connection whose socket stalls this long mid-request")
+    sv.add_argument("--transfer-allow", action="append", default=[], metavar="HOST",
+                    help="a host /init_transfer may dial besides the caller's own address (repeatable)")
     sv.add_argument("--dtype", default="auto", help="weight dtype: auto, bfloat16, float32")
     sv.add_argument("--max-model-len", type=int, default=4096)
     sv.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -268,13 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _is_reward_error(e: BaseException) -> bool:
+    # a RewardError was raised by rlreason.rewards.registry, so it is imported by then; looked
+    # up here so that commands without rewards do not pay for importing math-verify
+    registry = sys.modules.get("rlreason.rewards.registry")
+    return registry is not None and isinstance(e, registry.RewardError)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["eval", "compare"]:
-        args = build_eval_compare_parser().parse_args(argv[2:])
+    lead = 1 if argv[:1] == ["--traceback"] else 0
+    if argv[lead : lead + 2] == ["eval", "compare"]:
+        args = build_eval_compare_parser().parse_args(argv[lead + 2 :])
+        args.traceback = bool(lead)
     else:
         args = build_parser().parse_args(argv)
+    show_traceback = args.traceback or os.environ.get("RLREASON_TRACEBACK", "").lower() in ("1", "true", "yes")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-save "Writing model shards" bars drown the progress line
@@ -283,11 +306,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ConnectionError) as e:  # SkillError, DataError: ValueErrors
+        if show_traceback:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:
         # data, reward and model errors carry the field/file to fix in their message
+        if show_traceback:
+            raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if show_traceback or not _is_reward_error(e):
+            raise
+        # one line: the reward, the sample and the cause are all in the message
+        message = " ".join(str(e).splitlines())
+        print(f"error: {message} (`rlreason --traceback ...` shows the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

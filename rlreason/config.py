@@ -41,7 +41,16 @@ class TinyModelConfig(_Section):
     intermediate_size: int = Field(384, gt=0, description="MLP inner size.")
     num_heads: int = Field(4, gt=0, description="Attention heads.")
     warmstart_steps: int = Field(
-        450, ge=0, description="Supervised steps on the synthetic task before RL (cached)."
+        450, ge=0, description="Supervised steps on the synthetic task before RL (cached); with "
+        "warmstart_target_accuracy, the most it may take."
+    )
+    warmstart_target_accuracy: float | None = Field(
+        None, gt=0, le=1, description="Stop the warm-start once sampled accuracy (temperature 1) on 256 "
+        "probe problems reaches this: the starting point is then set by what the model can do, not by a "
+        "step count whose outcome varies with the CPU's float rounding."
+    )
+    warmstart_check_every: int = Field(
+        10, gt=0, description="Warm-start steps between accuracy probes (and progress lines)."
     )
     warmstart_batch_size: int = Field(64, gt=0, description="Sequences per warm-start step.")
     warmstart_lr: float = Field(1e-3, gt=0, description="Warm-start learning rate.")
@@ -140,6 +149,9 @@ class RewardSpec(_Section):
     weight: float = Field(1.0, description="Weight in the summed reward.")
     timeout_s: float = Field(10.0, gt=0, description="Per-sample time bound.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments.")
+    max_timeout_fraction: float = Field(
+        0.5, ge=0, le=1, description="Stop the run when more than this fraction of the reward's calls "
+        "in one step time out (each scores 0.0); 1 never stops.")
 
 
 class RolloutConfig(_Section):
@@ -173,6 +185,8 @@ class RolloutConfig(_Section):
         "this many processes share one engine (must divide the process count).")
     server_url: str = Field("http://127.0.0.1:8000", description="backend=server: where `rlreason serve` listens.")
     server_timeout_s: float = Field(600.0, gt=0, description="backend=server: wait this long for the server.")
+    server_api_key: str | None = Field(
+        None, description="backend=server: the server's --api-key (default: env RLREASON_API_KEY).")
     server_transfer_host: str | None = Field(
         None, description="backend=server: this trainer's address as the server sees it (default: found).")
 
@@ -319,7 +333,11 @@ class TrainConfig(_Section):
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     resume_from: str | None = Field(
-        None, description="'latest' or a checkpoint folder to continue from."
+        None, description="'latest' (the folder's own run) or a checkpoint folder to continue from."
+    )
+    overwrite_output_dir: bool = Field(
+        False, description="Start fresh in a used output_dir: the previous run's checkpoints, final "
+        "model and metrics there are deleted first (without it a used folder is refused)."
     )
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -446,6 +464,8 @@ def _type_name(ann: Any) -> str:
     args = get_args(ann)
     if get_origin(ann) is Literal:
         return " / ".join(f"`{a}`" for a in args)
+    if get_origin(ann) is dict:
+        return "mapping"
     if args and get_origin(ann) is not list:  # a union
         return " or ".join(_type_name(a) for a in args)
     if get_origin(ann) is list:
@@ -463,9 +483,15 @@ def reference(model: type[BaseModel] = RecipeConfig, prefix: str = "") -> list[s
             out.extend(reference(ann, key + "."))
             continue
         default = f.get_default(call_default_factory=True)
+        if f.is_required():
+            out.append(f"| `{key}` | {_type_name(ann)} | (required) | {f.description or ''} |")
+            continue
         if isinstance(default, BaseModel):
             default = default.model_dump()
         elif isinstance(default, list) and default and isinstance(default[0], BaseModel):
             default = [d.model_dump(exclude_defaults=True) for d in default]
         out.append(f"| `{key}` | {_type_name(ann)} | `{default!r}` | {f.description or ''} |")
+        item = get_args(ann)[0] if get_origin(ann) is list and get_args(ann) else None
+        if isinstance(item, type) and issubclass(item, BaseModel):  # fields of each list entry
+            out.extend(reference(item, key + "[]."))
     return out

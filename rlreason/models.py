@@ -86,6 +86,27 @@ def tiny_model_path(cfg: ModelConfig, synth: SyntheticConfig) -> Path:
     return cache_root() / f"tiny-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
+def accuracy_probe(model, tokenizer, problems, seed: int):
+    """A function returning the model's sampled (temperature 1) exact-match accuracy on
+    `problems` as it is now; the same sampling seed at every call, so two calls differ
+    only by what the model learned in between."""
+    from .rollout.hf import HFEngine
+    from .types import SamplingParams
+
+    engine = HFEngine(model, tokenizer, seed=seed)
+    prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
+    sampling = SamplingParams(temperature=1.0, max_tokens=max(len(p.answer) for p in problems) + 1)
+
+    def probe() -> float:
+        engine.generator.manual_seed(seed)
+        groups = engine.generate(prompts, 1, sampling)
+        right = sum(tokenizer.decode(g[0].token_ids, skip_special_tokens=True).strip() == p.answer
+                    for g, p in zip(groups, problems))
+        return right / len(problems)
+
+    return probe
+
+
 def build_tiny_model(cfg: ModelConfig, synth: SyntheticConfig, path: Path, log=print) -> Path:
     """Build, warm-start and save the tiny model at `path` (atomically); return `path`."""
     from .data.synthetic import synthetic_problems
@@ -104,10 +125,20 @@ def build_tiny_model(cfg: ModelConfig, synth: SyntheticConfig, path: Path, log=p
                 carries=ws.carries, allow_fewer=True, operator=ws.operator,
             )
         ]
-        log(f"warm-starting the tiny model: {t.warmstart_steps} supervised steps "
-            f"(cached in {path})")
+        target = t.warmstart_target_accuracy
+        probe = None
+        if target is not None:
+            probe = accuracy_probe(model, tok, synthetic_problems(
+                ws.task, 256, ws.difficulty, seed=t.seed, min_difficulty=ws.min_difficulty,
+                split="warmstart-probe", carries=ws.carries, allow_fewer=True, operator=ws.operator),
+                seed=t.seed)
+        log(f"warm-starting the tiny model: "
+            + (f"until sampled accuracy {target:.2f} (at most {t.warmstart_steps} steps)"
+               if target is not None else f"{t.warmstart_steps} supervised steps")
+            + f" (cached in {path})")
         supervised_warmstart(model, tok, pairs, steps=t.warmstart_steps,
-                             batch_size=t.warmstart_batch_size, lr=t.warmstart_lr, seed=t.seed)
+                             batch_size=t.warmstart_batch_size, lr=t.warmstart_lr, seed=t.seed,
+                             probe=probe, target=target, check_every=t.warmstart_check_every, log=log)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
     model.save_pretrained(tmp)

@@ -12,6 +12,7 @@ under train.output_dir, metrics and final model), composed from `rlreason sft`,
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,18 @@ def run_past(cfg: RecipeConfig, log=print) -> dict[str, Any]:
     from .sft import train_sft
     from .trainer import build_run, evaluate, train
 
+    from .run_dir import check_output_dir, claim_output_dir
+
     p = cfg.past
     out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.resume_from:
+        raise ValueError("train.resume_from: `rlreason past` does not resume; resume a stage "
+                         "(round*/rl) with `rlreason train` instead")
+    run_id = check_output_dir(out, resume_from=None, overwrite=cfg.train.overwrite_output_dir)
+    if cfg.train.overwrite_output_dir:  # the stages' folders go with the previous pipeline
+        for old in [*out.glob("round*"), out / "target_sft", out / "past_model", out / "eval"]:
+            shutil.rmtree(old, ignore_errors=True)
+    claim_output_dir(out, run_id, overwrite=cfg.train.overwrite_output_dir, resuming=False)
     dump_config(cfg, out / "config.yaml")
     start = resolve_model_path(cfg.model, p.source_data.synthetic, log=log)
     vector: Path | None = None

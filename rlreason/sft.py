@@ -5,6 +5,7 @@ Only target tokens (and the EOS that ends them) carry loss; prompt tokens are co
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +44,20 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def supervised_warmstart(model, tokenizer, pairs: list[tuple[str, str]], *, steps: int,
-                         batch_size: int, lr: float, seed: int = 0) -> list[float]:
+                         batch_size: int, lr: float, seed: int = 0,
+                         probe: Callable[[], float] | None = None, target: float | None = None,
+                         check_every: int = 10, log: Callable[[str], None] | None = None) -> list[float]:
     """AdamW, linear warmup then constant LR; returns the loss per step.
 
     Constant rather than decaying: a warm-start stopped part-way should leave a policy
     that is still improving (measured on the synthetic task: cosine decay to zero froze
     the tiny model before it had learned the carry, and RL could not recover it).
+
+    With `probe` (accuracy of the model as it is) and `target`, training stops at the first
+    check where the probe reaches the target. Why: the model learns the carry abruptly
+    (loss 1.3 -> 0.2 within ~150 steps), so where a fixed step count lands depends on float
+    rounding: 450 steps gave 0.62 held-out accuracy on an AVX-512 CPU and 0.92 on an AVX2
+    one. A target pins the competence RL starts from on every machine.
     """
     data = encode_pairs(tokenizer, pairs)
     rng = random.Random(seed)
@@ -67,6 +76,21 @@ def supervised_warmstart(model, tokenizer, pairs: list[tuple[str, str]], *, step
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        step = len(losses)
+        if step % check_every == 0 or step == steps:
+            acc = probe() if probe is not None else None
+            model.train()
+            if log is not None:
+                shown = "" if acc is None else f", probe accuracy {acc:.2f}" + (
+                    f" (target {target:.2f})" if target is not None else "")
+                log(f"  warm-start step {step}/{steps}: loss {sum(losses[-check_every:]) / len(losses[-check_every:]):.3f}"
+                    f"{shown}")
+            if acc is not None and target is not None and acc >= target:
+                break
+    else:
+        if target is not None and log is not None:
+            log(f"  warm-start: the target accuracy {target:.2f} was not reached in {steps} steps "
+                "(model.tiny.warmstart_steps); RL starts from a weaker model")
     model.eval()
     return losses
 
@@ -139,12 +163,17 @@ def train_sft(cfg, log=print) -> dict:
 
     from .config import dump_config
     from .logger import MetricsLogger, plot_rewards
-    from .trainer import build_run, evaluate
+    from .run_dir import claim_output_dir
+    from .trainer import build_run, check_run_dir, evaluate
 
     out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    if cfg.train.resume_from:
+        raise ValueError("train.resume_from: `rlreason sft` does not resume; start it again")
+    run_id, _ = check_run_dir(cfg)
     run = build_run(cfg, log=log)
+    if run.accelerator.is_main_process:
+        claim_output_dir(out, run_id, overwrite=cfg.train.overwrite_output_dir, resuming=False)
+        dump_config(cfg, out / "config.yaml")
     missing = [p.id for p in run.train_data.problems if not (p.solution or p.answer)]
     if missing:
         raise ValueError(f"sft: problems without a target (data.solution_key): {missing[:3]}")

@@ -18,12 +18,13 @@ import torch
 
 from .algos import LossInputs, group_advantages, policy_loss
 from .batching import PACKABLE_ATTENTION, Sequence, collate, completion_logprobs, micro_batches
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_run_id, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import RecipeConfig, dump_config
 from .data.stream import ProblemStream
 from .logger import MetricsLogger, plot_rewards
-from .rewards import RewardFunction, compute_rewards
+from .rewards import RewardFunction, check_timeout_fractions, compute_rewards
 from .rollout.engine import make_engine
+from .run_dir import check_output_dir, claim_output_dir, is_main_process, read_run_id
 from .rollout.guidance import encode_guided, scored_text
 from .sharding import (
     accumulation_boundary,
@@ -282,8 +283,9 @@ def check_batch(cfg: RecipeConfig, world_size: int) -> None:
 
 def _step_metrics(run: Run, problems: list[Problem], completions: list[Completion],
                   rewards: list[float], raw: dict[str, list[float]], dt: float,
-                  t_gen: float) -> dict[str, Any]:
-    """Reward statistics over the global batch, lengths, throughput, guidance counters."""
+                  t_gen: float, timeouts: int = 0) -> dict[str, Any]:
+    """Reward statistics over the global batch, lengths, throughput, guidance counters;
+    `timeouts`: the step's timed-out reward calls over all processes."""
     G = run.cfg.algo.num_generations
     rewards_t = torch.tensor(rewards)
     if run.accelerator.num_processes > 1:
@@ -304,6 +306,7 @@ def _step_metrics(run: Run, problems: list[Problem], completions: list[Completio
     }
     if len(raw) > 1:
         out.update({f"rewards/{k}": sum(v) / len(v) for k, v in raw.items()})
+    out["rewards/timeouts"] = int(timeouts)
     if run.guide is not None:
         out.update(_guidance_metrics(run, problems, rewards, G))
     return out
@@ -327,7 +330,13 @@ def rl_step(run: Run) -> dict[str, float]:
 
     repeated = [p for p in problems for _ in range(G)]
     texts = [scored_text(p, c.text) for p, c in zip(repeated, completions)]  # hint counted
-    rewards, raw = compute_rewards(texts, repeated, run.rewards)
+    scored = compute_rewards(texts, repeated, run.rewards)
+    rewards, raw = scored
+    counts = torch.tensor([scored.timeouts[rf.name] for rf, _ in run.rewards])
+    if run.accelerator.num_processes > 1:  # summed over ranks: every rank stops, or none
+        counts = run.accelerator.gather(counts.to(run.accelerator.device)).view(-1, len(counts)).sum(0)
+    timeouts = {rf.name: int(n) for (rf, _), n in zip(run.rewards, counts.tolist())}
+    check_timeout_fractions(run.rewards, timeouts, len(texts) * run.accelerator.num_processes)
     rewards_t = torch.tensor(rewards)                                     # rewards [B*G]
     adv = group_advantages(rewards_t, G, cfg.algo.scale_rewards)          # advantages [B*G]
 
@@ -343,7 +352,7 @@ def rl_step(run: Run) -> dict[str, float]:
     run.weights_stale = True      # the engine syncs right before it samples next (sync_weights)
 
     metrics.update(_step_metrics(run, problems, completions, rewards, raw,
-                                 time.perf_counter() - t0, t_gen))
+                                 time.perf_counter() - t0, t_gen, sum(timeouts.values())))
     metrics.setdefault("kl", None)  # type: ignore[arg-type]
     return metrics
 
@@ -452,6 +461,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_run_dir(cfg: RecipeConfig) -> tuple[str, Path | None]:
+    """(run id, checkpoint to resume or None), once train.output_dir is known to be usable
+    (run_dir.py). Every rank reads the folder before the main one writes to it (after
+    build_run, whose model preparation every rank joins); the main one alone decides."""
+    t = cfg.train
+    ckpt = None
+    if t.resume_from:
+        owner = read_run_id(t.output_dir) if t.resume_from == "latest" else None
+        ckpt = resolve_checkpoint(t.output_dir, t.resume_from, owner or "")
+    if not is_main_process():
+        return "", ckpt
+    ckpt_id = checkpoint_run_id(ckpt) if ckpt is not None and t.resume_from != "latest" else None
+    return check_output_dir(t.output_dir, resume_from=t.resume_from, overwrite=t.overwrite_output_dir,
+                            checkpoint_run_id=ckpt_id), ckpt
+
+
 def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     from accelerate import Accelerator
 
@@ -468,7 +493,8 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     reduce_in_float32(accelerator)
     if cfg.algo.num_generations < 2:
         raise ValueError("algo.num_generations must be >= 2 (advantages compare a group)")
-    rewards = [(RewardFunction(r.name, timeout_s=r.timeout_s, kwargs=r.kwargs), r.weight)
+    rewards = [(RewardFunction(r.name, timeout_s=r.timeout_s, kwargs=r.kwargs,
+                               max_timeout_fraction=r.max_timeout_fraction), r.weight)
                for r in cfg.rewards]
     if not rewards:
         raise ValueError("rewards: at least one reward is needed, e.g. [{name: math}]")
@@ -526,6 +552,7 @@ def save(run: Run) -> Path:
                **({"guide": run.guide.state_dict()} if run.guide else {})},
         extra_rng={"sampler": run.engine.rng_state()}, keep=run.cfg.train.save_total_limit,
         accelerator=run.accelerator, sharded=native_checkpoint(run.accelerator),
+        run_id=run.extra.get("run_id", ""),
     )
 
 
@@ -542,12 +569,16 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
           stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) a recipe; `stop_after` ends early after that many steps (tests)."""
     out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    run_id, ckpt = check_run_dir(cfg)  # nothing is written before the recipe has proved usable
     run = build_run(cfg, log=log)
+    if run.accelerator.is_main_process:
+        claim_output_dir(out, run_id, overwrite=cfg.train.overwrite_output_dir,
+                         resuming=ckpt is not None)
+        dump_config(cfg, out / "config.yaml")
+    run.accelerator.wait_for_everyone()
+    run.extra["run_id"] = read_run_id(out) or ""
     state: dict[str, Any] = {}
-    if cfg.train.resume_from:
-        ckpt = resolve_checkpoint(out, cfg.train.resume_from)
+    if ckpt is not None:
         state, rng = load_checkpoint(ckpt, model=run.policy, optimizer=run.optimizer,
                                      scheduler=run.scheduler, accelerator=run.accelerator)
         run.train_data.load_state_dict(state["data"])

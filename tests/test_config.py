@@ -64,6 +64,10 @@ def test_reference_documents_every_field():
     lines = reference()
     keys = {line.split("`")[1] for line in lines}
     assert {"algo.beta", "train.learning_rate", "model.lora.r", "rollout.temperature"} <= keys
+    # the fields of a list's entries too (a `rewards` entry, a `model.skills` entry)
+    assert {"rewards[].name", "rewards[].weight", "rewards[].timeout_s", "rewards[].kwargs",
+            "model.skills[].path"} <= keys
+    assert "PydanticUndefined" not in "".join(lines)
     assert all(line.rstrip(" |").split("|")[-1].strip() for line in lines), "undocumented field"
 
 

@@ -157,17 +157,26 @@ def test_jsonl_missing_field_names_file_line_and_field(tmp_path):
     assert "final" in msg and "question" in msg  # the fields the row does have
 
 
-def test_jsonl_empty_answer_is_missing(tmp_path):
+def test_jsonl_empty_answer_is_called_empty_not_missing(tmp_path):
     path = write_jsonl(
         tmp_path / "e.jsonl",
         [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": ""}],
     )
-    with pytest.raises(
-        DataError, match=r"e\.jsonl line 2.*missing required field 'answer'"
-    ):
+    with pytest.raises(DataError, match=r"e\.jsonl line 2: field 'answer' is empty") as e:
         load_problems(str(path), FieldMap())
+    assert "missing" not in str(e.value)
     path = write_jsonl(tmp_path / "n.jsonl", [{"prompt": "b", "answer": None}])
-    with pytest.raises(DataError, match=r"line 1.*'answer'"):
+    with pytest.raises(DataError, match=r"line 1: field 'answer' is empty"):
+        load_problems(str(path), FieldMap())
+    path = write_jsonl(tmp_path / "m.jsonl", [{"prompt": "b"}])
+    with pytest.raises(DataError, match=r"line 1: missing required field 'answer'"):
+        load_problems(str(path), FieldMap())
+
+
+def test_empty_problems_file_is_an_error(tmp_path):
+    path = tmp_path / "none.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(DataError, match=r"none\.jsonl: no problems in the file"):
         load_problems(str(path), FieldMap())
 
 

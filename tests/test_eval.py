@@ -322,6 +322,16 @@ def test_unknown_benchmark_lists_the_builtins(tmp_path, capsys):
     assert "unknown benchmark 'mmlu'" in err and "gsm8k" in err and "math500" in err
 
 
+def test_eval_on_an_empty_problems_file_is_an_error(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    completions = _write_jsonl(tmp_path / "c.jsonl", [{"id": 0, "completions": ["1"]}])
+    assert main(["eval", "--benchmark", str(empty), "--completions", str(completions), "--quiet",
+                 "--output", str(tmp_path / "out")]) == 2
+    assert "empty.jsonl: no problems in the file" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
 def test_suite_yaml_with_an_unknown_key_names_it(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndata: {source: x.jsonl}\nfields: {promt_key: question}\n", encoding="utf-8")

@@ -3,14 +3,21 @@ CPU: the HTTP contract, weight and LoRA pushes over the gloo transfer group, and
 through a server. The same server with vLLM is tested in test_vllm_engine.py."""
 from __future__ import annotations
 
+import http.client
+import importlib.util
 import json
+import socket
+import threading
+import time
 import urllib.request
+from urllib.parse import urlparse
 
 import pytest
 import torch
 from serving import logprobs_of, running_server
 
 from rlreason.models import char_tokenizer, tiny_llama
+from rlreason.rollout import transfer
 from rlreason.rollout.remote import RemoteEngine, ServerError
 from rlreason.types import Adapter, SamplingParams
 
@@ -134,3 +141,162 @@ def test_training_against_no_server_stops_with_the_url(tmp_path, capsys):
     assert main(["train", str(recipe), "train.max_steps=1", f"train.output_dir={tmp_path / 'out'}",
                  "model.tiny.warmstart_steps=0", "eval.num_problems=0"]) == 2
     assert "rollout.server_url=http://127.0.0.1:9: no rlreason server answered" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ hardening
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_dir):
+    """One server with an API key and a 1 s socket timeout, shared by the tests below."""
+    with running_server(tiny_dir, "--api-key", KEY, "--request-timeout-s", "1") as url:
+        yield url
+
+
+def _post(url: str, path: str, body: dict | None = None, headers: dict | None = None,
+          timeout: float = 30) -> tuple[int, dict]:
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.request("POST", path, None if body is None else json.dumps(body).encode(), headers or {})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def _connect(url: str) -> socket.socket:
+    u = urlparse(url)
+    return socket.create_connection((u.hostname, u.port), timeout=10)
+
+
+def _read_all(s: socket.socket) -> bytes:
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    return out
+
+
+def _generate(engine) -> None:
+    g = engine.generate([char_tokenizer().encode("1+1=")], 1, SamplingParams(max_tokens=4, seed=0))
+    assert len(g) == 1 and len(g[0]) == 1
+
+
+def test_serve_binds_to_loopback_by_default():
+    from rlreason.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--model", "m"]).host == "127.0.0.1"
+
+
+def test_serve_beyond_loopback_needs_an_api_key(monkeypatch, capsys):
+    from rlreason.cli import main
+
+    monkeypatch.delenv("RLREASON_API_KEY", raising=False)
+    argv = ["serve", "--model", "/nonexistent/model", "--backend", "hf", "--host", "0.0.0.0", "--port", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --host 0.0.0.0") and "--api-key" in err and "RLREASON_API_KEY" in err
+    assert err.count("\n") == 1
+    monkeypatch.setenv("RLREASON_API_KEY", "k")  # with a key it goes on, to loading the model
+    assert main(argv) == 2
+    assert "--model '/nonexistent/model': cannot load it" in capsys.readouterr().err
+
+
+def test_serve_without_vllm_names_the_hf_backend(tiny_dir, capsys):
+    from rlreason.cli import main
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    assert main(["serve", "--model", str(tiny_dir), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --backend vllm needs vLLM") and "--backend hf" in err
+    assert "Traceback" not in err and "rollout.backend" not in err
+
+
+def test_api_key_guards_every_endpoint_but_health(guarded, monkeypatch):
+    monkeypatch.delenv("RLREASON_API_KEY", raising=False)
+    health = json.loads(urllib.request.urlopen(guarded + "/health").read())  # no key needed
+    assert health["ok"]
+    for engine in (RemoteEngine(guarded, char_tokenizer()), RemoteEngine(guarded, char_tokenizer(), api_key="wrong")):
+        with pytest.raises(ServerError, match="HTTP 401: /generate: missing or wrong API key.*server_api_key"):
+            _generate(engine)
+    assert _post(guarded, "/close_transfer")[0] == 401
+    _generate(RemoteEngine(guarded, char_tokenizer(), api_key=KEY))
+    monkeypatch.setenv("RLREASON_API_KEY", KEY)  # the trainer's default
+    _generate(RemoteEngine(guarded, char_tokenizer()))
+
+
+def test_oversized_and_malformed_bodies(guarded):
+    engine = RemoteEngine(guarded, char_tokenizer(), api_key=KEY)
+    with _connect(guarded) as s:  # announces 100 MB, sends none of it: answered at once
+        t0 = time.monotonic()
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                  + b"\r\nContent-Length: 100000000\r\n\r\n")
+        reply = _read_all(s)
+        assert time.monotonic() - t0 < 2
+    assert reply.startswith(b"HTTP/1.0 413") and b"--max-request-mb" in reply
+    _generate(engine)
+    for bad in ("-5", "abc", "1_000"):
+        code, body = _post(guarded, "/generate", None, {**AUTH, "Content-Length": bad})
+        assert code == 400 and "Content-Length" in body["error"]
+    assert _post(guarded, "/close_transfer", None, AUTH) == (200, {"ok": True})  # no body: {}
+    with pytest.raises(ServerError, match="over the server's limit.*--max-request-mb"):  # checked before sending
+        engine._call("/generate", {"prompt_token_ids": [[5] * 3_000_000]})
+
+
+def test_a_stalled_body_is_dropped_after_the_request_timeout(guarded):
+    engine = RemoteEngine(guarded, char_tokenizer(), api_key=KEY)
+    with _connect(guarded) as s:
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                  + b"\r\nContent-Length: 1000\r\n\r\n" + b"[" * 10)
+        t0 = time.monotonic()
+        _generate(engine)  # served meanwhile
+        assert _read_all(s) == b""  # closed without an answer
+        assert time.monotonic() - t0 < 1 + 2
+
+
+def test_init_transfer_dials_only_the_caller(guarded):
+    t0 = time.monotonic()
+    code, body = _post(guarded, "/init_transfer", {"host": "10.255.255.1", "port": 1234}, AUTH)
+    assert code == 403 and "--transfer-allow 10.255.255.1" in body["error"]
+    assert time.monotonic() - t0 < 2
+    code, body = _post(guarded, "/init_transfer", {"host": "127.0.0.1", "port": 1234, "timeout_s": 10_000}, AUTH)
+    assert code == 400 and "timeout_s" in body["error"]
+
+
+def test_init_transfer_connects_outside_the_engine_lock(guarded, tiny_dir):
+    """The server waits for the trainer's store longer than its socket timeout without
+    blocking /generate, answers afterwards, and the group it opened carries a push."""
+    from transformers import AutoModelForCausalLM
+
+    engine = RemoteEngine(guarded, char_tokenizer(), api_key=KEY)
+    port = transfer.free_port("127.0.0.1")
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(r=_post(
+        guarded, "/init_transfer", {"host": "127.0.0.1", "port": port, "timeout_s": 60}, AUTH)))
+    t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    _generate(engine)  # while the server is still dialling
+    assert time.monotonic() - t0 < 2
+    time.sleep(1.5)  # past the 1 s --request-timeout-s
+    engine.group = transfer.open_group("127.0.0.1", port, 0, 2, "gloo", timeout_s=60)
+    t.join(60)
+    assert box["r"] == (200, {"ok": True})
+    pushes = json.loads(urllib.request.urlopen(guarded + "/health").read())["pushes"]
+    engine.update_weights(AutoModelForCausalLM.from_pretrained(tiny_dir).named_parameters())  # unchanged weights
+    assert json.loads(urllib.request.urlopen(guarded + "/health").read())["pushes"] == pushes + 1
+
+
+def test_bad_token_ids_and_n_get_400(guarded):
+    engine = RemoteEngine(guarded, char_tokenizer(), api_key=KEY)
+    vocab = len(char_tokenizer())
+    for bad, shown in [(vocab, str(vocab)), (-1, "-1"), ("a", "'a'"), (1.5, "1.5"), (True, "True")]:
+        with pytest.raises(ServerError, match=f"HTTP 400: .*prompt_token_ids: {shown} is not a token id.*"
+                                              f"\\[0, {vocab}\\), the vocab size"):
+            engine._call("/generate", {"prompt_token_ids": [[5, bad]]})
+    for n in (0, "2", 1.5):
+        with pytest.raises(ServerError, match="HTTP 400: .*n: .*expected an int >= 1"):
+            engine._call("/generate", {"prompt_token_ids": [[5]], "n": n})

@@ -119,6 +119,10 @@ def _fields_hint(row: dict[str, Any]) -> str:
 
 
 def _missing(where: str, key: str, what: str, row: dict[str, Any]) -> DataError:
+    """A required field absent from the row, or present but empty (said apart: a row that
+    lists the field among its fields must not be told the field is missing)."""
+    if key in row:
+        return DataError(f"{where}: field {key!r} is empty ({what}); got {row[key]!r:.60}")
     return DataError(
         f"{where}: missing required field {key!r} ({what}); {_fields_hint(row)}"
     )
@@ -200,9 +204,8 @@ def _row_to_problem(row: Any, fields: FieldMap, where: str, default_id: str) -> 
             f"{where}: field {fields.answer_key!r}: {e}; got {raw_answer!r:.120}"
         ) from None
     if not answer:
-        raise _missing(
-            where, fields.answer_key, "mapped by data.answer_key; the answer is empty", row
-        )
+        raise DataError(f"{where}: field {fields.answer_key!r}: the extracted answer is empty "
+                        f"(answer_extractor={fields.answer_extractor!r}); got {raw_answer!r:.120}")
 
     solution = None
     if fields.solution_key is not None:
@@ -351,7 +354,10 @@ def _load_problems(
         raise DataError(f"{path}: is not a file; expected a {fmt} file")
     name = source_name or path.stem
     rows = _jsonl_rows(path, limit) if fmt == "jsonl" else _parquet_rows(path, limit)
-    return _build(rows, fields, name)
+    problems = _build(rows, fields, name)
+    if not problems and limit != 0:
+        raise DataError(f"{path}: no problems in the file (no rows); expected one {fmt} row per problem")
+    return problems
 
 
 def load_problems(

@@ -17,6 +17,8 @@ from rlreason.rewards.math import (
 from rlreason.rewards.registry import (
     RewardError,
     RewardFunction,
+    RewardScores,
+    check_timeout_fractions,
     compute_rewards,
     register_reward,
     registered_rewards,
@@ -26,7 +28,9 @@ from rlreason.rewards.registry import (
 __all__ = [
     "RewardError",
     "RewardFunction",
+    "RewardScores",
     "answers_equivalent",
+    "check_timeout_fractions",
     "compute_rewards",
     "exact_match_reward",
     "extract_answer",

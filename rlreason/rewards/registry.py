@@ -9,13 +9,17 @@ trainer. One bad sample must not silently corrupt a batch's advantages, so error
 non-numeric or non-finite returns raise `RewardError` naming the reward, the problem and
 the completion. Slowness, on the other hand, is a property of the sample (a pathological
 expression for SymPy), so a call that exceeds `timeout_s` scores 0.0, is counted in
-`timeouts`, and warns, and training goes on.
+`timeouts`, and warns, and training goes on -- unless most of one reward's calls in a
+training step time out (`max_timeout_fraction`), which is a broken or mis-sized reward,
+not a hard sample: then `compute_rewards` (asked to check) raises `RewardError`.
 """
 from __future__ import annotations
 
 import importlib
 import math
+import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -27,6 +31,8 @@ from rlreason.types import Problem
 __all__ = [
     "RewardError",
     "RewardFunction",
+    "RewardScores",
+    "check_timeout_fractions",
     "compute_rewards",
     "register_reward",
     "registered_rewards",
@@ -68,7 +74,12 @@ def registered_rewards() -> list[str]:
 
 
 def resolve_reward(spec: str) -> RewardFn:
-    """The reward function for `spec`: a registered name or ``"package.module:function"``."""
+    """The reward function for `spec`: a registered name or ``"package.module:function"``.
+
+    Modules are imported from `sys.path` and, last, the current directory (console scripts
+    such as ``rlreason`` do not put it on `sys.path`), so ``my_rewards:score`` finds
+    ``./my_rewards.py``. Any failure to import the module raises `RewardError`.
+    """
     if ":" not in spec:
         try:
             return _REGISTRY[spec]
@@ -82,10 +93,15 @@ def resolve_reward(spec: str) -> RewardFn:
     hint = f"registered rewards: {', '.join(registered_rewards())}"
     if not module_name or not attr:
         raise RewardError(f"reward spec {spec!r} must look like 'package.module:function'; {hint}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RewardError(f"reward {spec!r}: cannot import module {module_name!r} ({exc}); {hint}") from exc
+    except Exception as exc:  # ImportError, or whatever the module raises while importing
+        raise RewardError(
+            f"reward {spec!r}: cannot import module {module_name!r} ({exc!r}); {hint}"
+        ) from exc
     fn: Any = module
     for part in attr.split("."):
         if not hasattr(fn, part):
@@ -108,7 +124,9 @@ class RewardFunction:
     """A reward function with a name, fixed extra kwargs, validation and a time limit.
 
     ``RewardFunction(fn_or_spec, name=None, timeout_s=10.0, kwargs={...})``; calling it as
-    ``rf(completion, problem)`` returns a float. The time limit uses SIGALRM via
+    ``rf(completion, problem)`` returns a float. `timeouts` counts timed-out calls over
+    the object's life; `max_timeout_fraction` (None: no limit) is the largest fraction of
+    one `compute_rewards(..., check_timeouts=True)` call's samples that may time out. The time limit uses SIGALRM via
     ``setitimer`` in the main thread (the call is interrupted) and a daemon thread joined
     with a timeout elsewhere (the call is abandoned, not killed: it keeps running in the
     background, so rewards that must stop promptly should also bound themselves).
@@ -121,6 +139,7 @@ class RewardFunction:
         *,
         timeout_s: float | None = 10.0,
         kwargs: dict[str, Any] | None = None,
+        max_timeout_fraction: float | None = None,
     ) -> None:
         if isinstance(fn, str):
             name = name or fn
@@ -129,6 +148,7 @@ class RewardFunction:
         self.name = name or getattr(fn, "__name__", repr(fn))
         self.timeout_s = timeout_s
         self.kwargs = dict(kwargs or {})
+        self.max_timeout_fraction = max_timeout_fraction
         self.timeouts = 0
 
     def __repr__(self) -> str:
@@ -214,15 +234,62 @@ class RewardFunction:
         return box.get("value")
 
 
+class RewardScores(tuple):
+    """``(totals, raw)``, unpacked as before, plus `timeouts`: for each reward's name, how
+    many of its calls in this `compute_rewards` call timed out (and scored 0.0)."""
+
+    timeouts: dict[str, int]
+
+    def __new__(cls, totals: list[float], raw: dict[str, list[float]],
+                timeouts: dict[str, int]) -> RewardScores:
+        self = super().__new__(cls, (totals, raw))
+        self.timeouts = timeouts
+        return self
+
+    @property
+    def totals(self) -> list[float]:
+        return self[0]
+
+    @property
+    def raw(self) -> dict[str, list[float]]:
+        return self[1]
+
+
+def check_timeout_fractions(
+    rewards: Sequence[tuple[RewardFunction, float]] | Sequence[RewardFunction],
+    timeouts: dict[str, int],
+    calls: int,
+) -> None:
+    """Raise `RewardError` if a reward with a `max_timeout_fraction` timed out on more than
+    that fraction of its `calls` calls (`timeouts[name]` of them). ``rewards[i]`` in the
+    message is the reward's position in `rewards` (the recipe's ``rewards`` list)."""
+    for i, item in enumerate(rewards):
+        rf = item[0] if isinstance(item, tuple) else item
+        limit = rf.max_timeout_fraction
+        n = timeouts.get(rf.name, 0)
+        if limit is None or calls <= 0 or n <= limit * calls:
+            continue
+        raise RewardError(
+            f"reward {rf.name!r} timed out on {n}/{calls} calls this step "
+            f"(> max_timeout_fraction {limit} of rewards[{i}]); raise rewards[{i}].timeout_s "
+            f"(now {rf.timeout_s}) or fix the reward"
+        )
+
+
 def compute_rewards(
     completions: Sequence[str],
     problems: Sequence[Problem],
     rewards: Sequence[tuple[RewardFunction, float]],
-) -> tuple[list[float], dict[str, list[float]]]:
+    *,
+    check_timeouts: bool = False,
+) -> RewardScores:
     """Score each (completion, problem) pair with every reward.
 
     Returns ``(totals, raw)``: ``totals[i] = sum(weight * reward(completions[i], problems[i]))``
-    and ``raw[name]`` the unweighted scores of each reward, for logging.
+    and ``raw[name]`` the unweighted scores of each reward, for logging; the result's
+    ``.timeouts[name]`` counts each reward's calls that timed out here. With
+    `check_timeouts` (the trainer, on a step's batch), a reward whose timed-out share
+    exceeds its `max_timeout_fraction` raises `RewardError` (see `check_timeout_fractions`).
     """
     if len(completions) != len(problems):
         raise RewardError(f"{len(completions)} completions but {len(problems)} problems")
@@ -231,8 +298,13 @@ def compute_rewards(
         raise RewardError(f"reward names must be unique, got {names}; pass name= to tell them apart")
     totals = [0.0] * len(completions)
     raw: dict[str, list[float]] = {}
+    timeouts: dict[str, int] = {}
     for rf, weight in rewards:
+        before = rf.timeouts
         scores = [rf(c, p) for c, p in zip(completions, problems)]
         raw[rf.name] = scores
+        timeouts[rf.name] = rf.timeouts - before
+        if check_timeouts:
+            check_timeout_fractions(rewards, {rf.name: timeouts[rf.name]}, len(completions))
         totals = [t + weight * s for t, s in zip(totals, scores)]
-    return totals, raw
+    return RewardScores(totals, raw, timeouts)

@@ -71,5 +71,5 @@ def make_engine(cfg, model, tokenizer, *, model_path: str, seed: int, max_prompt
         from .remote import RemoteEngine
 
         return RemoteEngine(cfg.server_url, tokenizer, seed=seed, timeout_s=cfg.server_timeout_s,
-                            transfer_host=cfg.server_transfer_host)
+                            transfer_host=cfg.server_transfer_host, api_key=cfg.server_api_key)
     raise ValueError(f"rollout.backend: unknown backend {cfg.backend!r}; expected hf, vllm or server")

@@ -14,6 +14,7 @@ the result).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import tempfile
 import threading
@@ -98,8 +99,9 @@ class RemoteEngine:
     shares_module = False
 
     def __init__(self, url: str, tokenizer, *, seed: int = 0, timeout_s: float = 600.0,
-                 transfer_host: str | None = None, chunk_bytes: int = 1 << 30):
+                 transfer_host: str | None = None, chunk_bytes: int = 1 << 30, api_key: str | None = None):
         self.url = url.rstrip("/")
+        self.api_key = api_key or os.environ.get("RLREASON_API_KEY") or None  # sent on every call
         self.tokenizer = tokenizer
         self.seed, self.calls = seed, 0
         self.timeout_s = timeout_s
@@ -112,7 +114,14 @@ class RemoteEngine:
     # ------------------------------------------------------------ HTTP
     def _call(self, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        limit = getattr(self, "info", {}).get("max_request_bytes")  # the server would cut it off unread
+        if data is not None and limit and len(data) > limit:
+            raise ServerError(f"rollout server {self.url}{path}: a request of {len(data)} bytes is over the "
+                              f"server's limit of {limit}; restart `rlreason serve` with a larger --max-request-mb")
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.url + path, data=data, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout_s) as r:
                 return json.loads(r.read())
