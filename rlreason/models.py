@@ -132,7 +132,7 @@ def build_tiny_model(cfg: ModelConfig, synth: SyntheticConfig, path: Path, log=p
                 ws.task, 256, ws.difficulty, seed=t.seed, min_difficulty=ws.min_difficulty,
                 split="warmstart-probe", carries=ws.carries, allow_fewer=True, operator=ws.operator),
                 seed=t.seed)
-        log(f"warm-starting the tiny model: "
+        log("warm-starting the tiny model: "
             + (f"until sampled accuracy {target:.2f} (at most {t.warmstart_steps} steps)"
                if target is not None else f"{t.warmstart_steps} supervised steps")
             + f" (cached in {path})")

@@ -40,10 +40,9 @@ def _part(data: DataConfig, k: int, rounds: int) -> DataConfig:
 def run_past(cfg: RecipeConfig, log=print) -> dict[str, Any]:
     from . import skills
     from .models import resolve_model_path
+    from .run_dir import check_output_dir, claim_output_dir
     from .sft import train_sft
     from .trainer import build_run, evaluate, train
-
-    from .run_dir import check_output_dir, claim_output_dir
 
     p = cfg.past
     out = Path(cfg.train.output_dir)

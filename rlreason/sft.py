@@ -83,8 +83,8 @@ def supervised_warmstart(model, tokenizer, pairs: list[tuple[str, str]], *, step
             if log is not None:
                 shown = "" if acc is None else f", probe accuracy {acc:.2f}" + (
                     f" (target {target:.2f})" if target is not None else "")
-                log(f"  warm-start step {step}/{steps}: loss {sum(losses[-check_every:]) / len(losses[-check_every:]):.3f}"
-                    f"{shown}")
+                recent = losses[-check_every:]
+                log(f"  warm-start step {step}/{steps}: loss {sum(recent) / len(recent):.3f}{shown}")
             if acc is not None and target is not None and acc >= target:
                 break
     else:

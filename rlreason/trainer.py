@@ -24,8 +24,8 @@ from .data.stream import ProblemStream
 from .logger import MetricsLogger, plot_rewards
 from .rewards import RewardFunction, check_timeout_fractions, compute_rewards
 from .rollout.engine import make_engine
-from .run_dir import check_output_dir, claim_output_dir, is_main_process, read_run_id
 from .rollout.guidance import encode_guided, scored_text
+from .run_dir import check_output_dir, claim_output_dir, is_main_process, read_run_id
 from .sharding import (
     accumulation_boundary,
     check_deepspeed_config,
