@@ -30,6 +30,10 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 RECIPE = HERE.parent / "recipes" / "quickstart.yaml"
+# the protocol as it ran: the quickstart's warm-start at a fixed 450 steps (the recipe now
+# stops it at a target accuracy), and reruns replace the previous run's folders
+PROTOCOL = ["model.tiny.warmstart_target_accuracy=null", "model.tiny.warmstart_steps=450",
+            "train.overwrite_output_dir=true"]
 
 
 def held_out(n: int = 256):
@@ -48,15 +52,15 @@ def run_seed(seed: int, rl_steps: int, sft_steps: int, work: Path) -> dict:
     from rlreason.trainer import train
 
     quiet = lambda s: print(f"  [seed {seed}] {s}", file=sys.stderr)  # noqa: E731
-    base_cfg = load_config(RECIPE)
+    base_cfg = load_config(RECIPE, PROTOCOL)
     theta_sft = Path(resolve_model_path(base_cfg.model, base_cfg.data.synthetic, log=quiet))
     rl_dir, tgt_dir = work / f"rl-seed{seed}", work / f"target-sft-seed{seed}"
-    train(load_config(RECIPE, [f"train.output_dir={rl_dir}", f"train.max_steps={rl_steps}",
+    train(load_config(RECIPE, [*PROTOCOL, f"train.output_dir={rl_dir}", f"train.max_steps={rl_steps}",
                                f"train.seed={seed}", "eval.num_problems=0", "train.plot=false"]),
           log=quiet)
     skills.extract(theta_sft, rl_dir / "final", work / f"v-seed{seed}", source_recipe=str(RECIPE))
     train_sft(load_config(None, [
-        f"model.name_or_path={theta_sft}", "data.synthetic.operator=&",
+        "train.overwrite_output_dir=true", f"model.name_or_path={theta_sft}", "data.synthetic.operator=&",
         "data.synthetic.difficulty=2", "data.synthetic.num_train=2000", "data.synthetic.num_eval=0",
         "rewards=[{name: exact_match}]", "train.prompts_per_step=64", "train.micro_batch_size=64",
         f"train.max_steps={sft_steps}", "train.learning_rate=1e-3", f"train.seed={seed}",

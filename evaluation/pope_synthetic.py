@@ -33,8 +33,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-COMMON = [
-    "model.name_or_path=tiny", "model.tiny.warmstart_data={carries: not_units}",
+COMMON = [  # reruns replace the previous run's folders (train.overwrite_output_dir)
+    "train.overwrite_output_dir=true", "model.name_or_path=tiny", "model.tiny.warmstart_data={carries: not_units}",
     "model.tiny.warmstart_steps=1500", "data.synthetic.difficulty=2",
     "rewards=[{name: exact_match}]", "rollout.max_completion_length=8",
     "algo.num_generations=8", "algo.beta=0.0", "algo.loss_type=dapo",

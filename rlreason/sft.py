@@ -80,12 +80,13 @@ def supervised_warmstart(model, tokenizer, pairs: list[tuple[str, str]], *, step
         if step % check_every == 0 or step == steps:
             acc = probe() if probe is not None else None
             model.train()
-            if log is not None:
+            reached = acc is not None and target is not None and acc >= target
+            if log is not None and (step % (5 * check_every) == 0 or reached or step == steps):
                 shown = "" if acc is None else f", probe accuracy {acc:.2f}" + (
                     f" (target {target:.2f})" if target is not None else "")
-                recent = losses[-check_every:]
+                recent = losses[-5 * check_every:]
                 log(f"  warm-start step {step}/{steps}: loss {sum(recent) / len(recent):.3f}{shown}")
-            if acc is not None and target is not None and acc >= target:
+            if reached:
                 break
     else:
         if target is not None and log is not None:
