@@ -37,6 +37,10 @@ def test_second_run_into_a_used_folder_is_refused_and_changes_nothing(tiny_recip
     with pytest.raises(OutputDirError, match="resume_from=latest.*overwrite_output_dir=true"):
         train(tiny_recipe("train.max_steps=3"), log=lambda s: None)
     assert _snapshot(out) == before
+    # a resume that fails validation leaves config.yaml (and everything else) as it was
+    with pytest.raises(ValueError, match="rewards"):
+        train(tiny_recipe("train.max_steps=3", "train.resume_from=latest", "rewards=[]"), log=lambda s: None)
+    assert _snapshot(out) == before
     # explicit overwrite: the previous run's files go, the new run is alone in the folder
     old_id = read_run_id(out)
     train(tiny_recipe("train.max_steps=3", "train.save_steps=1", "train.overwrite_output_dir=true"),
