@@ -29,7 +29,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 COMMON = [  # reruns replace the previous run's folders (train.overwrite_output_dir)
-    "train.overwrite_output_dir=true", "model.name_or_path=tiny", "model.tiny.warmstart_steps=300", "data.synthetic.difficulty=2",
+    "train.overwrite_output_dir=true", "model.name_or_path=tiny", "model.tiny.warmstart_steps=300",
+    "data.synthetic.difficulty=2",
     "data.synthetic.min_difficulty=1", "data.synthetic.num_train=4000",
     "data.synthetic.num_eval=0", "rewards=[{name: exact_match}]",
     "rollout.max_completion_length=8", "train.prompts_per_step=64", "train.micro_batch_size=64",

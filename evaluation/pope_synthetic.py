@@ -47,7 +47,10 @@ ARMS = {
     "mixed_easy_hard": ["data.synthetic.carries=any"],
     # answers are 2 characters: the hint is the first one (the units digit)
     "pope": ["data.synthetic.carries=units_only", "guidance.enabled=true", "guidance.probe_k=8",
-             "guidance.ladder=[0.5]", "guidance.guided_ratio=0.5"],
+             "guidance.ladder=[0.5]", "guidance.guided_ratio=0.5",
+             # the protocol as it ran (results/pope_synthetic.json): the batch mixing and the
+             # hint form of that time; the paper's twins/instruct defaults came later
+             "guidance.batch=mixed", "guidance.style=prefill"],
 }
 
 

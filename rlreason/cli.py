@@ -154,8 +154,12 @@ def _skill(args: argparse.Namespace) -> int:
         m = skills.extract(args.base, args.tuned, args.out, source_recipe=args.recipe)
         print(f"wrote {args.out}: {m['kind']} vector over {len(m['tensors'])} tensors")
     elif args.action == "apply":
-        skills.apply(args.model, args.vector, args.out, scale=args.scale, modules=args.modules)
+        skills.apply(args.model, args.vector, args.out, scale=args.scale, modules=args.modules,
+                     base_model=args.base_model)
         print(f"wrote {args.out}: {args.model} + {args.scale} x {args.vector}")
+    elif args.action == "merge-adapter":
+        skills.merge_adapter(args.adapter, args.out, base=args.base_model)
+        print(f"wrote {args.out}: {args.adapter} merged into its base")
     elif args.action == "merge":
         m = skills.merge(args.vectors, args.out, weights=args.weights, method=args.method,
                          density=args.density)
@@ -212,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: ddp, or the launch config's")
     pl.add_argument("--accelerate-config", help="an accelerate launch config (configs/accelerate/): "
                     "its strategy and num_processes")
-    k = sub.add_parser("skill", help="skill vectors (PaST): extract, apply, merge, inspect",
+    k = sub.add_parser("skill", help="skill vectors (PaST): extract, apply, merge, merge-adapter, inspect",
                        description="Weight deltas of RL training, carried to other models.")
     ks = k.add_subparsers(dest="action", required=True)
     x = ks.add_parser("extract", help="write the vector TUNED - BASE")
@@ -221,11 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True)
     x.add_argument("--recipe", help="recipe that produced --tuned (recorded in the manifest)")
     a = ks.add_parser("apply", help="write MODEL + SCALE x VECTOR (loads with from_pretrained)")
-    a.add_argument("--model", required=True)
+    a.add_argument("--model", required=True, help="model folder, or a LoRA adapter folder (merged "
+                   "into its base first)")
     a.add_argument("--vector", required=True)
     a.add_argument("--out", required=True)
     a.add_argument("--scale", type=float, default=1.0)
     a.add_argument("--modules", nargs="*", help="only tensors whose names contain one of these")
+    a.add_argument("--base-model", help="base of an adapter --model (default: adapter_config.json's "
+                   "base_model_name_or_path)")
+    ma = ks.add_parser("merge-adapter", help="write a LoRA adapter merged into its base as a full "
+                       "model folder (DoRA and other adapters extract refuses)")
+    ma.add_argument("--adapter", required=True, help="peft adapter folder")
+    ma.add_argument("--out", required=True)
+    ma.add_argument("--base-model", help="default: adapter_config.json's base_model_name_or_path")
     mg = ks.add_parser("merge", help="weighted sum (or TIES) of vectors")
     mg.add_argument("vectors", nargs="+")
     mg.add_argument("--weights", nargs="*", type=float)

@@ -249,11 +249,17 @@ class GuidanceConfig(_Section):
         "tokens", description="What the fractions count: tokens, lines, or sentences."
     )
     probe_samples: int = Field(4, ge=1, description="Samples per ladder rung in the search.")
-    guided_ratio: float = Field(
-        0.5, ge=0, le=1, description="Fraction of a batch's prompts that are guided hard problems."
+    batch: Literal["twins", "mixed"] = Field(
+        "twins", description="twins (the paper): prompts_per_step // 2 hard problems, each as a "
+        "guided prompt and its unguided twin in separate groups (the training stream once none is "
+        "left); mixed (ablation): guided_ratio guided prompts, the rest from the whole training set."
     )
-    style: Literal["prefill", "instruct"] = Field(
-        "prefill", description="Hint as the start of the answer, or inside the user turn."
+    guided_ratio: float = Field(
+        0.5, ge=0, le=1, description="batch=mixed: fraction of a batch's prompts that are guided hard problems."
+    )
+    style: Literal["auto", "prefill", "instruct"] = Field(
+        "auto", description="Hint inside the user turn (instruct, the paper's), or as the start of "
+        "the answer (prefill); auto: instruct for chat-template prompts, prefill for plain ones."
     )
     instruct_template: str = Field(
         "Here is a problem and the beginning of a solution. Study the partial solution, then "
@@ -291,8 +297,18 @@ class PastConfig(_Section):
     source_sft_steps: int = Field(100, ge=0, description="SFT steps on the source before RL.")
     rl_steps: int = Field(100, ge=1, description="GRPO steps on the source per round.")
     target_sft_steps: int = Field(50, ge=0, description="Light SFT steps on the target.")
-    rounds: int = Field(1, ge=1, description="Iterative refinement rounds (the paper: 2 beat 1).")
-    scale: float = Field(1.0, description="lambda in theta_target + lambda * v.")
+    rounds: int = Field(
+        1, ge=1, description="Iterative refinement rounds (the paper: 2 beat 1); round k trains on a "
+        "fresh part of the source data (file data: the k-th of `rounds` disjoint slices; synthetic: a "
+        "fresh seed).")
+    scale: float = Field(1.0, description="lambda in theta_target + lambda * v (when `scales` is unset).")
+    scales: list[float] | None = Field(
+        None, min_length=1, description="Candidate lambdas: the one with the best validation accuracy "
+        "(first on ties) is picked on a validation slice of the target's training rows, held out from "
+        "target SFT; the test split is then scored once, with it. Unset: `scale`, no validation.")
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="With `scales`: fraction of the target's training rows held out "
+        "as the validation slice.")
 
 
 class EvalConfig(_Section):

@@ -9,8 +9,10 @@ norm, source recipe) and `vector-NNNNN.safetensors` shards. Every operation stre
 tensor by tensor through safetensors' lazy readers, so memory stays at a few tensors,
 never two models. Full vectors are stored one float width wider than the model (float64
 for float32 weights): base + (tuned - base) then rounds back to exactly the tuned weights.
-A LoRA adapter's delta stays low-rank (A, B and the scaling are stored; B @ A is only
-formed per module when applied).
+A LoRA adapter's delta stays low-rank (A, B and each module's scaling are stored; B @ A is
+only formed per module when applied); adapters that are not base + scaling * B @ A per
+module (DoRA, saved modules, ...) are refused, naming the adapter_config.json field, and
+can be merged first (`merge_adapter`).
 """
 from __future__ import annotations
 
@@ -119,17 +121,18 @@ def extract(base: str | Path, tuned: str | Path, out: str | Path, *,
     """Write the vector tuned - base. `tuned` is a full model folder, or a peft LoRA
     adapter folder (its delta, B @ A scaled, is kept low-rank)."""
     base, tuned, out = Path(base), Path(tuned), Path(out)
-    tmp = _tmp_for(out)
+    factors = list(_lora_factors(tuned)) if (tuned / "adapter_config.json").is_file() else None
+    tmp = _tmp_for(out)  # after the adapter's config was checked: a refusal leaves nothing
     writer = _ShardWriter(tmp)
     entries: dict[str, dict[str, Any]] = {}
-    if (tuned / "adapter_config.json").is_file():
+    if factors is not None:
         kind = "lora"
-        for module, a, b, scaling in _lora_factors(tuned):
+        for module, a, b, scaling in factors:
             writer.add(module + ".lora_A", a)
             writer.add(module + ".lora_B", (b * scaling))
             delta = (b.double() * scaling) @ a.double()  # one module at a time, for its norm
             entries[module + ".weight"] = {"shape": list(delta.shape), "rank": a.shape[0],
-                                           "norm": float(delta.norm())}
+                                           "scaling": scaling, "norm": float(delta.norm())}
     else:
         kind = "full"
         base_files = dict(_tensors(base))
@@ -153,20 +156,121 @@ def extract(base: str | Path, tuned: str | Path, out: str | Path, *,
     return manifest
 
 
+# adapter_config.json fields whose adapters are not base + scaling * B @ A per module: refused
+# by name rather than extracted wrong
+_LORA_REFUSED = {
+    "use_dora": "DoRA rescales every column by a learned magnitude, so its delta is not B @ A",
+    "fan_in_fan_out": "the base weights are stored transposed (Conv1D)",
+    "lora_bias": "the adapter also trains a bias on lora_B",
+    "modules_to_save": "whole modules were trained and saved next to the adapter",
+    "layer_replication": "layers of the base model are replicated",
+    "target_parameters": "the adapter targets parameters, not modules",
+    "trainable_token_indices": "embedding rows were trained and saved next to the adapter",
+}
+_LORA_INITS_MOVING_BASE = ("pissa", "olora", "corda", "loftq", "lora_ga")
+
+
+def _check_adapter_config(adapter: Path, cfg: dict[str, Any]) -> None:
+    for field, why in _LORA_REFUSED.items():
+        if cfg.get(field):
+            raise SkillError(f"{adapter}: adapter_config.json sets {field}={cfg[field]!r}: {why}, which "
+                             "a skill vector cannot hold as LoRA factors; merge the adapter into its "
+                             "base (`rlreason skill merge-adapter`) and extract from the merged model "
+                             "folder")
+    init = cfg.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_LORA_INITS_MOVING_BASE):
+        raise SkillError(f"{adapter}: adapter_config.json sets init_lora_weights={init!r}: that "
+                         "initialisation changes the base weights, so B @ A is not the delta from "
+                         "the base folder; extract from a merged model folder instead")
+
+
+def _pattern_key(patterns: list[str], module: str) -> str | None:
+    """The rank_pattern / alpha_pattern key that applies to `module`, as peft matches it."""
+    try:
+        from peft.utils.other import get_pattern_key
+
+        key = get_pattern_key(patterns, module)
+        return key if key in patterns else None
+    except ImportError:  # peft's rule (0.14+): the key matches the end of the module path
+        import re
+
+        return next((k for k in patterns if re.match(rf"(.*\.)?({k})$", module)), None)
+
+
 def _lora_factors(adapter: Path) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, float]]:
-    """(module name in the base model, A [r, in], B [out, r], scaling) of a peft adapter."""
+    """(module name in the base model, A [r, in], B [out, r], scaling) of a peft adapter;
+    the scaling is per module (rank_pattern, alpha_pattern, use_rslora, as peft sets it)."""
     from safetensors.torch import load_file
 
     cfg = json.loads((adapter / "adapter_config.json").read_text())
-    r, alpha = cfg["r"], cfg.get("lora_alpha", cfg["r"])
-    scaling = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
-    sd = load_file(str(adapter / "adapter_model.safetensors"))  # adapters are small
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise SkillError(f"{adapter}: adapter_config.json peft_type {cfg['peft_type']!r}; only LoRA "
+                         "adapters can be extracted (merge it into its base and extract from that)")
+    _check_adapter_config(adapter, cfg)
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise SkillError(f"{adapter}: no adapter_model.safetensors (save the adapter with safetensors)")
+    rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    sd = load_file(str(weights))  # adapters are small
+    used: set[str] = set()
     for key, a in sd.items():
-        if ".lora_A." not in key and not key.endswith(".lora_A.weight"):
+        if not key.endswith(".lora_A.weight"):
             continue
-        module = key.split(".lora_A")[0].removeprefix("base_model.model.")
-        b = sd[key.replace("lora_A", "lora_B")]
-        yield module, a.float(), b.float(), scaling
+        module = key.removesuffix(".lora_A.weight").removeprefix("base_model.model.")
+        b_key = key.removesuffix(".lora_A.weight") + ".lora_B.weight"
+        if b_key not in sd:
+            raise SkillError(f"{adapter}: {key} has no {b_key}")
+        used.update((key, b_key))
+        rk, ak = _pattern_key(list(rank_pattern), module), _pattern_key(list(alpha_pattern), module)
+        r = rank_pattern[rk] if rk is not None else cfg["r"]
+        alpha = alpha_pattern[ak] if ak is not None else cfg.get("lora_alpha", cfg["r"])
+        if a.shape[0] != r:
+            raise SkillError(f"{adapter}: {module} has rank {a.shape[0]} but adapter_config.json "
+                             f"(r, rank_pattern) gives {r}")
+        scaling = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
+        yield module, a.float(), sd[b_key].float(), scaling
+    other = sorted(set(sd) - used)
+    if other:  # DoRA magnitudes, embedding factors, biases, saved modules: not B @ A
+        raise SkillError(f"{adapter}: adapter tensors that are not lora_A/lora_B pairs of a "
+                         f"linear module: {other[:3]}{' ...' if len(other) > 3 else ''}; a skill "
+                         "vector cannot hold them as LoRA factors (merge the adapter into its base "
+                         "with `rlreason skill merge-adapter` and extract from the merged folder)")
+
+
+def merge_adapter(adapter: str | Path, out: str | Path, *, base: str | Path | None = None,
+                  vectors: list[tuple[str | Path, float]] | None = None,
+                  dtype: torch.dtype | None = None) -> Path:
+    """Write base (+ scale * vector for each of `vectors`, in memory, as a recipe's
+    `model.skills` is applied before LoRA wraps the model) with the peft adapter merged in
+    (merge_and_unload), as a full from_pretrained folder. `base` defaults to the adapter's
+    base_model_name_or_path. Holds one model in memory."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter, out = Path(adapter), Path(out)
+    cfg_file = adapter / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise SkillError(f"{adapter}: no adapter_config.json (expected a peft LoRA adapter folder)")
+    base = base or json.loads(cfg_file.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise SkillError(f"{adapter}: adapter_config.json names no base_model_name_or_path; give the base")
+    model = AutoModelForCausalLM.from_pretrained(str(base), **({"dtype": dtype} if dtype else {}))
+    for path, scale in vectors or []:
+        apply_in_memory(model, path, scale)
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    tmp = _tmp_for(out)
+    model.save_pretrained(tmp)
+    del model
+    for src in (adapter, Path(base)):  # tokenizer and generation files the save did not write
+        if not src.is_dir():
+            continue
+        for f in src.iterdir():
+            if (f.is_file() and not (tmp / f.name).exists() and not f.name.startswith("adapter_")
+                    and f.suffix not in (".safetensors", ".bin", ".pt", ".pth")
+                    and not f.name.endswith(".index.json") and f.name != "README.md"):
+                shutil.copy2(f, tmp / f.name)
+    _finish(tmp, out)
+    return out
 
 
 # ---------------------------------------------------------------- reading vectors
@@ -212,12 +316,21 @@ def check_compatible(manifest: dict[str, Any], model: Path) -> None:
 
 
 def apply(model: str | Path, vector: str | Path, out: str | Path, *, scale: float = 1.0,
-          modules: list[str] | None = None) -> Path:
-    """Write model + scale * vector as a from_pretrained folder, shard by shard."""
+          modules: list[str] | None = None, base_model: str | Path | None = None) -> Path:
+    """Write model + scale * vector as a from_pretrained folder, shard by shard. `model` may
+    be a LoRA adapter folder: it is merged into its base (`base_model`, default the adapter's
+    base_model_name_or_path) first, in a scratch folder next to `out`."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     model, out = Path(model), Path(out)
+    if (model / "adapter_config.json").is_file():
+        load_manifest(vector)  # a bad vector fails before the merge
+        merged = merge_adapter(model, out.with_name(out.name + ".merged-base"), base=base_model)
+        try:
+            return apply(merged, vector, out, scale=scale, modules=modules)
+        finally:
+            shutil.rmtree(merged, ignore_errors=True)
     manifest = load_manifest(vector)
     check_compatible(manifest, model)
     names = [n for n in manifest["tensors"] if not modules or any(s in n for s in modules)]

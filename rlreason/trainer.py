@@ -195,10 +195,15 @@ def rollout(run: Run, problems: list[Problem], n: int, sampling: SamplingParams)
 
 
 def _guidance_metrics(run: Run, problems: list[Problem], rewards: list[float], G: int):
-    run.guide.refresh(problems, rewards, G)
-    g = [r for i, r in enumerate(rewards) if problems[i // G].metadata.get("guided")]
-    u = [r for i, r in enumerate(rewards) if not problems[i // G].metadata.get("guided")]
-    return {"guided/frac_prompts": len(g) / len(rewards),
+    """Refresh the guided pool from the whole step's outcomes (gathered over processes, so
+    every rank keeps the same pool) and the step's guidance counters, global too."""
+    from .rollout.guidance import gather_all
+
+    facts = run.guide.refresh(problems, rewards, G,
+                              gather=lambda xs: gather_all(xs, run.accelerator.num_processes))
+    g = [x for _, guided, r in facts if guided for x in r]
+    u = [x for _, guided, r in facts if not guided for x in r]
+    return {"guided/frac_prompts": len(g) / (len(g) + len(u)),  # 0: the pool is empty
             "guided/reward": sum(g) / len(g) if g else None,
             "guided/unguided_reward": sum(u) / len(u) if u else None,
             "guided/pool": len(run.guide.pool),
@@ -210,9 +215,11 @@ def setup_guidance(run: Run, out: Path, log: Callable[[str], None]) -> None:
     from .rollout import guidance as gd
 
     g = run.cfg.guidance
+    g = g.model_copy(update={"style": gd.resolve_style(g.style, run.cfg.data.template, run.tokenizer)})
     run.problems_by_id = {p.id: p for p in run.train_data.problems}
     saved = out / "hardness.json"
     source = g.hardness_file or (str(saved) if run.cfg.train.resume_from and saved.is_file() else None)
+    acc = run.accelerator
     if source:
         verdicts, hints = gd.read_verdicts(source)
     else:
@@ -221,19 +228,27 @@ def setup_guidance(run: Run, out: Path, log: Callable[[str], None]) -> None:
         sync_weights(run)
 
         def sample(probs: list[Problem], k: int) -> list[list[float]]:
-            comps = rollout(run, probs, k, sampling)
-            rep = [p for p in probs for _ in range(k)]
+            # each process samples its contiguous share, the rewards are gathered in rank
+            # order: every rank reaches the same verdicts and calls the engine as often
+            n = -(-len(probs) // acc.num_processes)
+            mine = probs[acc.process_index * n : (acc.process_index + 1) * n]
+            comps = rollout(run, mine, k, sampling)
+            rep = [p for p in mine for _ in range(k)]
             scores, _ = compute_rewards([scored_text(p, c.text) for p, c in zip(rep, comps)], rep,
                                         run.rewards)
-            return [scores[i * k : (i + 1) * k] for i in range(len(probs))]
+            return gd.gather_all([scores[i * k : (i + 1) * k] for i in range(len(mine))],
+                                 acc.num_processes)
 
         verdicts, hints = gd.probe(problems, sample, g, run.tokenizer)
-        gd.write_verdicts(saved, verdicts, hints)
+        if acc.is_main_process:
+            gd.write_verdicts(saved, verdicts, hints)
     hints = {pid: h for pid, h in hints.items() if pid in run.problems_by_id}
     run.guide = gd.Guide(g, hints=hints, pool=sorted(hints), seed=run.cfg.train.seed)
     works = sum(1 for pid in hints if verdicts[pid].get("hint_works"))
+    tried = "fixed-length hints, not probed" if g.prefix_mode == "fixed" else \
+        f"a hint reaches a reward on {works} of them"
     log(f"guidance: {len(hints)} of {len(verdicts)} probed problems are hard "
-        f"(0/{g.probe_k} correct); a hint reaches a reward on {works} of them")
+        f"(0/{g.probe_k} correct); {tried}; hint style {g.style}, batch {g.batch}")
 
 
 def sync_weights(run: Run) -> None:
@@ -277,8 +292,9 @@ def check_batch(cfg: RecipeConfig, world_size: int) -> None:
         from .rollout.vllm import tensor_parallel_groups
 
         tensor_parallel_groups(world_size, cfg.rollout.vllm_tensor_parallel_size)
-    if cfg.guidance.enabled and round(cfg.guidance.guided_ratio * P) > P:
-        raise ValueError("guidance.guided_ratio must be <= 1")
+    if cfg.guidance.enabled and cfg.guidance.batch == "twins" and P < 2:
+        raise ValueError(f"guidance.batch=twins needs train.prompts_per_step >= 2 (a guided prompt "
+                         f"and its unguided twin), got {P}")
 
 
 def _step_metrics(run: Run, problems: list[Problem], completions: list[Completion],
@@ -319,9 +335,8 @@ def rl_step(run: Run) -> dict[str, float]:
     t0 = time.perf_counter()
 
     P = cfg.train.prompts_per_step                                         # data
-    guided = run.guide.take(run.problems_by_id, round(cfg.guidance.guided_ratio * P)) \
-        if run.guide else []  # POPE: hinted versions of hard problems
-    problems = rank_share(guided + run.train_data.take(P - len(guided)), run.accelerator)
+    problems = rank_share(run.guide.batch(run.problems_by_id, run.train_data, P) if run.guide
+                          else run.train_data.take(P), run.accelerator)  # POPE: guided + twins
     sampling = cfg.rollout.sampling()
     sync_weights(run)                                                     # weight sync
     completions = rollout(run, problems, G, sampling)                     # rollout

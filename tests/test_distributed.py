@@ -58,3 +58,29 @@ def test_two_process_ddp_step_equals_one_process(tmp_path):
     assert diff < 1e-3 * run.cfg.train.learning_rate
     rows = read_metrics(tmp_path / "ddp-train" / "metrics.jsonl")
     assert rows[0]["world_size"] == 2  # a one-process run cannot pass for a two-process one
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_two_process_guidance_keeps_one_pool(tmp_path):
+    """POPE under two processes where only rank 1's share ever earns a reward: probing
+    splits the problems and gathers the rewards, refresh gathers the step's outcomes, so
+    both ranks hold the same verdicts, hints and pool, and rank 1's solves leave it on both."""
+    tok = char_tokenizer()
+    tiny_llama(tok, 1, 32, 64, 2, seed=0).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run(["torchrun", "--nproc_per_node", "2", "--standalone",
+                          str(WORKER.parent / "guidance_worker.py"), str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    g0, g1 = (json.loads((tmp_path / f"guide-{r}.json").read_text()) for r in (0, 1))
+    assert g0 == g1
+    verdicts = json.loads((tmp_path / "guided" / "hardness.json").read_text())
+    hard = sorted(pid for pid, v in verdicts.items() if v["hard"])
+    assert len(verdicts) == 8 and len(hard) == 4  # rank 0's half of the probe: never solved
+    assert all(v["hint_works"] is False for pid, v in verdicts.items() if v["hard"])
+    assert sorted(g0["hints"]) == hard and g0["style"] == "prefill"
+    # two steps of 2 twin pairs; each step rank 1's unguided twin is solved, on both ranks
+    assert len(g0["solved"]) == 2 and sorted(g0["pool"] + g0["solved"]) == hard
+    assert g0["solved_metric"] == 2 and g0["frac_prompts"] == 0.5

@@ -19,7 +19,7 @@ from rlreason.types import Problem
 
 
 def _cfg(*overrides):
-    return load_config(None, ["guidance.enabled=true", *overrides]).guidance
+    return load_config(None, ["guidance.enabled=true", "guidance.style=prefill", *overrides]).guidance
 
 
 def _problems():
@@ -69,6 +69,105 @@ def test_prefix_search_picks_the_shortest_working_prefix():
     assert verdicts["p3"]["hint_works"] and verdicts["p2"]["hard"]
 
 
+def test_a_ladder_of_one_rung_is_probed():
+    """search with ladder [0.5]: the rung is sampled like any other and its verdict kept
+    (p1 works with the hint, p2 does not); fixed mode alone skips the sampling."""
+    calls = []
+
+    def sample(problems, k):
+        calls.append([bool(p.metadata.get("guided")) for p in problems])
+        return [[1.0 if p.metadata.get("guided") and p.id == "p1" else 0.0] * k for p in problems]
+
+    verdicts, hints = probe(_problems()[:3], sample, _cfg("guidance.ladder=[0.5]"), char_tokenizer())
+    assert len(calls) == 2 and calls[1] == [True, True, True]  # hardness, then the rung
+    assert verdicts["p1"]["hint_works"] is True and verdicts["p2"]["hint_works"] is False
+    assert hints["p1"] == "abcd" and verdicts["p2"]["hint_fraction"] == 0.5
+    calls.clear()
+    verdicts, hints = probe(_problems()[:3], sample, _cfg("guidance.prefix_mode=fixed"), char_tokenizer())
+    assert len(calls) == 1 and verdicts["p1"]["hint_works"] is None and hints["p1"] == "ab"
+
+
+def _twin_setup(*overrides):
+    from rlreason.data.stream import ProblemStream
+
+    probs = _problems()
+    hard = ["p1", "p3", "p4"]
+    guide = Guide(_cfg(*overrides), hints={pid: "ab" for pid in hard}, pool=list(hard))
+    return guide, {p.id: p for p in probs}, ProblemStream(probs, seed=0), hard
+
+
+def test_twins_batch_holds_each_guided_prompt_with_its_bare_twin():
+    from types import SimpleNamespace
+
+    from rlreason.data.stream import ProblemStream
+    from rlreason.trainer import _guidance_metrics, rank_share
+
+    assert load_config(None, []).guidance.batch == "twins"
+    guide, by_id, stream, hard = _twin_setup()
+    batch = guide.batch(by_id, stream, 8)  # 4 pairs from a pool of 3: the pool cycles
+    assert len(batch) == 8 and stream.position == 0  # nothing from the whole training set
+    assert sum(bool(p.metadata.get("guided")) for p in batch) == 4  # 1:1
+    for g, u in zip(batch[0::2], batch[1::2]):  # separate prompts, so separate groups
+        assert g.metadata.get("guided") and g.id in hard and g.metadata["hint"] == "ab"
+        assert u is by_id[g.id] and not u.metadata.get("guided")
+    assert {p.id for p in batch} == set(hard)
+    for r in range(2):  # two ranks, 4 prompts each: each pair whole on one rank
+        share = rank_share(batch, SimpleNamespace(num_processes=2, process_index=r))
+        assert [p.id for p in share[0::2]] == [p.id for p in share[1::2]]
+    odd = guide.batch(by_id, stream, 5)  # the odd slot comes from the training stream
+    assert sum(bool(p.metadata.get("guided")) for p in odd) == 2 and stream.position == 1
+    guide.pool = []  # every hard problem solved: back to the training stream, and it shows
+    fresh = ProblemStream(list(by_id.values()), seed=0)
+    fresh.take(1)
+    batch = guide.batch(by_id, stream, 4)
+    assert [p.id for p in batch] == [p.id for p in fresh.take(4)]
+    run = SimpleNamespace(guide=guide, accelerator=SimpleNamespace(num_processes=1))
+    m = _guidance_metrics(run, batch, [0.0] * 8, 2)
+    assert m["guided/frac_prompts"] == 0 and m["guided/pool"] == 0 and m["guided/reward"] is None
+
+
+def test_mixed_batch_is_guided_ratio_plus_the_whole_training_set():
+    from rlreason.data.stream import ProblemStream
+
+    guide, by_id, stream, hard = _twin_setup("guidance.batch=mixed", "guidance.guided_ratio=0.25")
+    batch = guide.batch(by_id, stream, 8)
+    ref, _, _, _ = _twin_setup("guidance.batch=mixed")
+    expected = ref.take(by_id, 2) + ProblemStream(list(by_id.values()), seed=0).take(6)
+    assert [(p.id, p.prompt, bool(p.metadata.get("guided"))) for p in batch] == \
+        [(p.id, p.prompt, bool(p.metadata.get("guided"))) for p in expected]
+    assert sum(bool(p.metadata.get("guided")) for p in batch) == 2 and stream.position == 6
+
+
+def test_style_auto_is_instruct_for_chat_prompts_and_prefill_for_plain(tmp_path):
+    from types import SimpleNamespace
+
+    from rlreason.data.stream import ProblemStream
+    from rlreason.rollout.guidance import resolve_style, write_verdicts
+    from rlreason.trainer import setup_guidance
+
+    plain, chat = char_tokenizer(), char_tokenizer()
+    chat.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert load_config(None, []).guidance.style == "auto"
+    assert resolve_style("auto", "auto", chat) == "instruct" == resolve_style("auto", "chat", chat)
+    assert resolve_style("auto", "auto", plain) == "prefill" == resolve_style("auto", "plain", chat)
+    assert resolve_style("prefill", "auto", chat) == "prefill"
+    with pytest.raises(ValueError, match="resolve"):
+        guided_problem(_problems()[0], "ab", load_config(None, []).guidance)
+    hardness = tmp_path / "hardness.json"
+    write_verdicts(hardness, {"p1": {"hard": True, "k": 8}}, {"p1": "ab"})
+    for tok, style in [(chat, "instruct"), (plain, "prefill")]:  # what the trainer builds
+        cfg = load_config(None, ["guidance.enabled=true", f"guidance.hardness_file={hardness}"])
+        run = SimpleNamespace(cfg=cfg, tokenizer=tok, train_data=ProblemStream(_problems(), 0),
+                              problems_by_id={}, guide=None,
+                              accelerator=SimpleNamespace(num_processes=1, process_index=0,
+                                                          is_main_process=True))
+        setup_guidance(run, tmp_path, log=lambda s: None)
+        g, u = run.guide.batch(run.problems_by_id, run.train_data, 2)
+        assert run.guide.cfg.style == style and g.metadata["guided"] and u.id == g.id
+        assert ("Partial solution: ab" in g.prompt) == (style == "instruct")
+        assert bool(g.metadata.get("hint_in_prompt")) == (style == "instruct")
+
+
 def test_hint_is_prompt_context_and_counts_for_the_reward():
     tok = char_tokenizer()
     p = _problems()[3]
@@ -113,15 +212,19 @@ def test_guided_training_masks_hints_and_logs_guidance(tiny_recipe, tmp_path):
     verdicts = json.loads((tmp_path / "run" / "hardness.json").read_text())
     hard = [pid for pid, v in verdicts.items() if v["hard"]]
     assert len(verdicts) == 12 and hard and all("hint" in verdicts[pid] for pid in hard)
+    assert all(isinstance(verdicts[pid]["hint_works"], bool) for pid in hard)  # the rung was probed
     tok = char_tokenizer()
-    hinted = 0
+    hinted, bare = [], []
     for s in seen[0]:
         text = tok.decode(s.prompt)
-        if not text.endswith("="):  # guided: the prompt goes on past "=" with the hint
-            hinted += 1
+        if not text.endswith("="):  # guided (prefill: a plain tokenizer): the hint follows "="
             hint = text.split("=", 1)[1]
             assert any(verdicts[pid].get("hint") == hint for pid in hard)
-    assert hinted > 0
+            hinted.append(text.split("=", 1)[0] + "=")
+        else:
+            bare.append(text)
+    # twins: each guided prompt's bare problem is in the same step, 1:1
+    assert hinted and sorted(hinted) == sorted(bare)
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "reward" in r]
     assert train_rows[0]["guided/frac_prompts"] == pytest.approx(0.5)

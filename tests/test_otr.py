@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from rlreason.algos import otr as otr_mod
 from rlreason.algos.otr import otr_loss, sft_token_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from otr_memory import plain_otr_loss as _reference_otr_loss  # noqa: E402  the plain expression
 
 
 def test_otr_loss_and_gradient_by_hand():
@@ -63,6 +69,117 @@ def test_sampled_otr_matches_closed_form_in_expectation():
     sampled, _ = otr_loss(logits, targets, num_samples=4096, temperature=1.3, generator=gen)
     exact, _ = otr_loss(logits, targets, temperature=1.3, closed_form=True)
     assert sampled.item() == pytest.approx(exact.item(), abs=0.005)  # MC error ~1e-3
+
+
+def _case(n=37, v=101, dtype=torch.float32):
+    torch.manual_seed(0)
+    logits = (torch.randn(n, v) * 3).to(dtype)
+    logits[:, 5] += 4  # a likely token, so the draws repeat and hit some targets
+    targets = torch.randint(0, v, (n,))
+    targets[::3] = 5
+    return logits, targets
+
+
+def _run(fn, logits, targets, **kw):
+    x = logits.clone().requires_grad_()
+    loss, m = fn(x, targets, **kw)
+    (loss * 1.7).backward()  # a non-unit upstream gradient
+    return loss.detach(), m, x.grad
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 5, 8, 37, 64, None])  # 5, 8 do not divide 37
+@pytest.mark.parametrize("closed_form", [False, True])
+@pytest.mark.parametrize("temperature,beta", [(1.0, -0.1), (1.3, -0.1), (0.7, 0.0), (1.2, 0.5)])
+def test_chunked_equals_the_plain_expression(chunk_rows, closed_form, temperature, beta):
+    logits, targets = _case()
+    kw = dict(num_samples=16, temperature=temperature, beta=beta, closed_form=closed_form)
+    g_ref, g_new = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    ref_loss, ref_m, ref_grad = _run(_reference_otr_loss, logits, targets, generator=g_ref, **kw)
+    loss, m, grad = _run(otr_loss, logits, targets, generator=g_new, chunk_rows=chunk_rows, **kw)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6, abs=1e-7)
+    for k in ("reward", "gt_prob", "entropy"):
+        assert m[k] == pytest.approx(ref_m[k], rel=1e-5, abs=1e-7), k
+    assert grad.dtype == torch.float32
+    assert torch.allclose(grad, ref_grad, rtol=1e-5, atol=1e-8)
+    assert torch.equal(g_new.get_state(), g_ref.get_state())  # the generator advanced alike
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 7, None])
+def test_sampled_variant_draws_the_same_samples(monkeypatch, chunk_rows):
+    logits, targets = _case(n=40, v=300)
+    ref = torch.multinomial(torch.softmax(logits / 1.2, -1), 32, replacement=True,
+                            generator=torch.Generator().manual_seed(7))
+    drawn = []
+    multinomial = torch.multinomial
+
+    def spy(*a, **k):
+        drawn.append(multinomial(*a, **k))
+        return drawn[-1]
+
+    monkeypatch.setattr(torch, "multinomial", spy)
+    kw = dict(num_samples=32, temperature=1.2, beta=-0.1)
+    _, _, grad = _run(otr_loss, logits, targets, generator=torch.Generator().manual_seed(7),
+                      chunk_rows=chunk_rows, **kw)
+    assert torch.equal(torch.cat(drawn), ref)
+    # and the loss built on them is the one the given draws define
+    _, _, grad_fixed = _run(_reference_otr_loss, logits, targets, samples=ref, **kw)
+    assert torch.allclose(grad, grad_fixed, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("closed_form", [False, True])
+def test_bfloat16_logits_get_a_bfloat16_gradient_like_the_plain_expression(closed_form):
+    logits, targets = _case(dtype=torch.bfloat16)
+    kw = dict(num_samples=16, temperature=1.2, closed_form=closed_form)
+    ref_loss, _, ref_grad = _run(_reference_otr_loss, logits, targets,
+                                 generator=torch.Generator().manual_seed(1), **kw)
+    loss, _, grad = _run(otr_loss, logits, targets, generator=torch.Generator().manual_seed(1),
+                         chunk_rows=6, **kw)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    assert grad.dtype == torch.bfloat16
+    assert torch.allclose(grad.float(), ref_grad.float(), rtol=1e-2, atol=1e-5)
+
+
+@pytest.mark.parametrize("closed_form", [False, True])
+def test_no_tensor_beyond_chunk_rows_of_the_vocabulary(monkeypatch, closed_form):
+    """Forward: no op output holds more than chunk rows x vocabulary elements, and only the
+    logits are saved at full size. Backward: one full-size tensor, the gradient."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    N, V, rows = 40, 1000, 6
+    monkeypatch.setattr(otr_mod, "CHUNK_ELEMENTS", rows * V)  # the default chunk: 6 rows
+
+    class Sizes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.numels, self.big = [], set()  # the storages of outputs beyond a chunk
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    self.numels.append(t.numel())
+                    if t.numel() > rows * V:
+                        self.big.add(t.untyped_storage().data_ptr())
+            return out
+
+    logits, targets = _case(n=N, v=V)
+    x = logits.requires_grad_()
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), Sizes() as fwd:
+        loss, _ = otr_loss(x, targets, num_samples=8, temperature=1.2, closed_form=closed_form,
+                           generator=torch.Generator().manual_seed(0))
+    assert max(fwd.numels) <= rows * V
+    big = [t for t in saved if t.numel() > rows * V]
+    assert all(t.data_ptr() == x.data_ptr() for t in big)
+    with Sizes() as bwd:
+        loss.backward()
+    # new memory only for the gradient; the rest are views (of the saved logits, of the gradient)
+    assert bwd.big - {x.untyped_storage().data_ptr()} == {x.grad.untyped_storage().data_ptr()}
 
 
 def test_sft_loss_is_cross_entropy():

@@ -217,3 +217,76 @@ def test_recipe_skill_list_is_applied_when_the_model_loads(pair, tmp_path):
     for k, p in model.state_dict().items():
         if k in want:
             assert torch.equal(p, want[k]), k
+
+
+def _random_adapter(base, folder, **lora_kwargs):
+    """A peft adapter on `base` whose B factors are random (a trained-looking delta)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(2)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(**lora_kwargs))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n or "lora_magnitude" in n:
+                p.normal_(0, 0.1)
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_lora_rank_and_alpha_patterns_give_each_module_its_own_scaling(pair, tmp_path, rslora):
+    base, _ = pair
+    model = _random_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, use_rslora=rslora,
+                            target_modules=["q_proj", "v_proj", "down_proj"],
+                            rank_pattern={"down_proj": 2}, alpha_pattern={"q_proj": 32})
+    m = skills.extract(base, tmp_path / "adapter", tmp_path / "v")
+    ranks = {k.split(".")[-2]: e["rank"] for k, e in m["tensors"].items()}
+    assert ranks == {"q_proj": 4, "v_proj": 4, "down_proj": 2}
+    skills.apply(base, tmp_path / "v", tmp_path / "out")
+    merged = model.merge_and_unload().state_dict()
+    got = _weights(tmp_path / "out")
+    for k, v in got.items():
+        assert torch.allclose(v, merged[k], atol=1e-6), k
+
+
+@pytest.mark.parametrize("field,kwargs", [
+    ("use_dora", {"use_dora": True}),
+    ("modules_to_save", {"modules_to_save": ["lm_head"]}),
+])
+def test_adapters_that_are_not_scaled_b_a_are_refused_by_field(pair, tmp_path, field, kwargs):
+    base, _ = pair
+    _random_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj"], **kwargs)
+    with pytest.raises(skills.SkillError, match=f"adapter_config.json sets {field}="):
+        skills.extract(base, tmp_path / "adapter", tmp_path / "v")
+    assert not (tmp_path / "v").exists() and not (tmp_path / "v.tmp").exists()
+
+
+def test_a_dora_adapter_merged_first_extracts_exactly(pair, tmp_path):
+    """The way around a refusal: merge-adapter (peft's own merge), then a full vector."""
+    from rlreason.cli import main
+
+    base, _ = pair
+    model = _random_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, use_dora=True,
+                            target_modules=["q_proj", "down_proj"])
+    assert main(["skill", "merge-adapter", "--adapter", str(tmp_path / "adapter"), "--base-model",
+                 str(base), "--out", str(tmp_path / "merged")]) == 0
+    want = model.merge_and_unload().state_dict()
+    got = _weights(tmp_path / "merged")
+    assert all(torch.equal(v, want[k]) for k, v in got.items())
+    assert (tmp_path / "merged" / "tokenizer_config.json").is_file()  # the base's tokenizer came along
+    skills.extract(base, tmp_path / "merged", tmp_path / "v")
+    skills.apply(base, tmp_path / "v", tmp_path / "out")
+    assert all(torch.equal(v, got[k]) for k, v in _weights(tmp_path / "out").items())
+
+
+def test_apply_to_an_adapter_folder_merges_it_into_its_base_first(pair, tmp_path):
+    base, tuned = pair
+    skills.extract(base, tuned, tmp_path / "v")
+    model = _random_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj"])
+    model.merge_and_unload().save_pretrained(tmp_path / "merged")
+    skills.apply(tmp_path / "merged", tmp_path / "v", tmp_path / "want", scale=0.5)
+    skills.apply(tmp_path / "adapter", tmp_path / "v", tmp_path / "got", scale=0.5, base_model=base)
+    want, got = _weights(tmp_path / "want"), _weights(tmp_path / "got")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert not (tmp_path / "got.merged-base").exists()

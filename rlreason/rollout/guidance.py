@@ -11,13 +11,24 @@ Here:
     verdicts go to `<output_dir>/hardness.json` and can be reused (`hardness_file`);
   * the hint is the shortest rung of a ladder of prefix lengths (fractions of the oracle
     solution in tokens, steps or sentences) under which a few samples reach a reward;
-    when no rung works, the longest is used (the paper leaves this open);
-  * the hint is appended to the prompt as the start of the answer (`style: prefill`, a
-    base model's natural continuation; for chat models the assistant turn begins with it),
-    or stated inside the user turn (`style: instruct`); its tokens are prompt tokens, so
-    they carry no loss;
-  * a batch holds `guided_ratio` guided prompts, the rest unguided; a hard problem whose
-    unguided group earns a reward leaves the guided pool.
+    every rung is sampled, a ladder of one rung too; when no rung works, the longest is
+    used (the paper leaves this open); `prefix_mode: fixed` takes `fixed_fraction` unprobed;
+  * the hint form (`style`): `instruct`, as in the paper, states the problem and the
+    partial solution in the user turn and asks the model to study it and continue;
+    `prefill` appends the hint to the prompt as the start of the answer (a base model's
+    natural continuation; for a chat template the assistant turn begins with it); `auto`
+    (default) is instruct for chat-template prompts, prefill for plain ones. Either way
+    the hint's tokens are prompt tokens and carry no loss;
+  * a batch (`batch: twins`, default, the paper's) holds prompts_per_step // 2 hard
+    problems from the guided pool, each as a guided prompt followed by its unguided twin
+    (the bare problem), separate groups, 1:1; the pool is cycled when smaller, and once it
+    is empty the batch comes from the training stream. `batch: mixed` (ablation: easy and
+    hard mixed) holds `guided_ratio` guided prompts and the rest from the whole training
+    set;
+  * a hard problem whose unguided group earns a reward leaves the guided pool; under
+    several processes the step's outcomes are gathered first (every rank keeps the same
+    pool), and probing splits the problems over the ranks and gathers the rewards (every
+    rank reaches the same verdicts).
 """
 from __future__ import annotations
 
@@ -63,6 +74,20 @@ class Guide:
     seed: int = 0
 
     # ------------------------------------------------------------ batches
+    def batch(self, problems_by_id: dict[str, Problem], stream, n: int) -> list[Problem]:
+        """A step's `n` prompts (the global batch: every process draws the same and keeps
+        its share). twins: guided prompt then its unguided twin, pair after pair (a pair
+        stays on one rank when the per-rank share is even), the odd slot and an empty
+        pool filled from `stream`; mixed: round(guided_ratio * n) guided, the rest from
+        `stream`."""
+        if self.cfg.batch == "mixed":
+            guided = self.take(problems_by_id, round(self.cfg.guided_ratio * n))
+            return guided + stream.take(n - len(guided))
+        out: list[Problem] = []
+        for g in self.take(problems_by_id, n // 2):
+            out += [g, problems_by_id[g.id]]
+        return out + stream.take(n - len(out))
+
     def take(self, problems_by_id: dict[str, Problem], k: int) -> list[Problem]:
         """k guided problems, cycling through the pool in a seeded order."""
         if not self.pool or k == 0:
@@ -76,18 +101,28 @@ class Guide:
             out.append(guided_problem(problems_by_id[pid], self.hints[pid], self.cfg))
         return out
 
-    def refresh(self, problems: list[Problem], rewards: list[float], group: int) -> None:
-        """Drop from the pool the hard problems whose unguided group earned a reward."""
+    def refresh(self, problems: list[Problem], rewards: list[float], group: int,
+                gather: Callable[[list], list] | None = None) -> list[tuple[str, bool, list[float]]]:
+        """Drop from the pool the hard problems whose unguided group earned a reward.
+
+        `gather` (several processes) concatenates every process's facts in rank order, so
+        each rank applies the whole step's outcomes and keeps the same pool. Returns the
+        (gathered) facts: (problem id, guided, the group's rewards) per prompt."""
+        facts = [(p.id, bool(p.metadata.get("guided")), list(rewards[i * group : (i + 1) * group]))
+                 for i, p in enumerate(problems)]
+        if gather is not None:
+            facts = gather(facts)
         if not self.cfg.refresh:
-            return
+            return facts
         pool = set(self.pool)
-        for i, p in enumerate(problems):
-            if p.metadata.get("guided") or p.id not in pool:
+        for pid, guided, r in facts:
+            if guided or pid not in pool:
                 continue
-            if max(rewards[i * group : (i + 1) * group]) > 0:
-                pool.discard(p.id)
-                self.solved.append(p.id)
+            if max(r) > 0:
+                pool.discard(pid)
+                self.solved.append(pid)
         self.pool = [pid for pid in self.pool if pid in pool]
+        return facts
 
     def state_dict(self) -> dict[str, Any]:
         return {"pool": self.pool, "solved": self.solved, "cursor": self.cursor}
@@ -96,8 +131,29 @@ class Guide:
         self.pool, self.solved, self.cursor = state["pool"], state["solved"], state["cursor"]
 
 
+def gather_all(items: list, num_processes: int) -> list:
+    """Every process's `items`, concatenated in rank order (the same list on every rank)."""
+    if num_processes == 1:
+        return items
+    from accelerate.utils import gather_object
+
+    return gather_object(items)
+
+
+def resolve_style(style: str, template: str, tokenizer) -> str:
+    """`auto` -> `instruct` where prompts go through a chat template (data.template chat,
+    or auto with a tokenizer that has one), else `prefill`; other styles unchanged."""
+    if style != "auto":
+        return style
+    from ..data.templates import resolve_template
+
+    return "instruct" if resolve_template(tokenizer, template) == "chat" else "prefill"
+
+
 def guided_problem(p: Problem, hint: str, cfg) -> Problem:
     """The guided variant of `p`: same id and answer, the hint recorded in metadata."""
+    if cfg.style == "auto":
+        raise ValueError("guidance.style=auto must be resolved first (resolve_style)")
     meta = {**p.metadata, "guided": True, "hint": hint}
     if cfg.style == "instruct":
         prompt = cfg.instruct_template.replace("{prompt}", p.question).replace("{hint}", hint)
@@ -132,7 +188,10 @@ def probe(problems: list[Problem], sample: Callable[[list[Problem], int], list[l
 
     sample(problems, k) -> rewards, k per problem, of the current policy (guided problems
     scored with their hint). A problem is hard when all `probe_k` rewards are 0; its hint
-    is the shortest ladder rung under which one of `probe_samples` samples is correct.
+    is the shortest ladder rung under which one of `probe_samples` samples is correct
+    (`hint_works` false when none is: the longest rung; fixed mode: `fixed_fraction`,
+    not sampled, `hint_works` null). Under several processes `sample` returns the same
+    rewards on every rank (see setup_guidance), so every rank calls it as often.
     """
     verdicts: dict[str, dict[str, Any]] = {}
     rewards = sample(problems, cfg.probe_k)
@@ -146,17 +205,20 @@ def probe(problems: list[Problem], sample: Callable[[list[Problem], int], list[l
                                  f"(set data.solution_key or use an answer_extractor that keeps it)")
             hard.append(p)
     hints: dict[str, str] = {}
-    rungs = [cfg.fixed_fraction] if cfg.prefix_mode == "fixed" else sorted(cfg.ladder)
+    fixed = cfg.prefix_mode == "fixed"
+    rungs = [cfg.fixed_fraction] if fixed else sorted(cfg.ladder)
     pending = hard
     for frac in rungs:
         if not pending:
             break
         variants = [guided_problem(p, solution_prefix(p.solution, frac, cfg.prefix_unit, tokenizer),
                                    cfg) for p in pending]
-        if len(rungs) == 1:  # fixed fraction: no search
-            rs = [[0.0]] * len(variants)
-        else:
-            rs = sample(variants, cfg.probe_samples)
+        if fixed:  # no search: the hint is not sampled, whether it works is not known
+            for p, v in zip(pending, variants):
+                hints[p.id] = v.metadata["hint"]
+                verdicts[p.id].update(hint_fraction=frac, hint_works=None)
+            return verdicts, hints
+        rs = sample(variants, cfg.probe_samples)  # every rung, a ladder of one too
         left = []
         for p, v, r in zip(pending, variants, rs):
             hints[p.id] = v.metadata["hint"]  # the longest tried so far if none works
@@ -167,7 +229,7 @@ def probe(problems: list[Problem], sample: Callable[[list[Problem], int], list[l
                 left.append(p)
         pending = left
     for p in pending:
-        verdicts[p.id]["hint_works"] = len(rungs) == 1
+        verdicts[p.id]["hint_works"] = False
     return verdicts, hints
 
 
