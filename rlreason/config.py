@@ -89,7 +89,11 @@ class ModelConfig(_Section):
 
 
 class SyntheticConfig(_Section):
-    task: Literal["addition"] = Field("addition", description="Synthetic task family.")
+    task: Literal["addition", "addition3", "subtraction", "sum_words"] = Field(
+        "addition", description="Synthetic task: addition ('47+85='), addition3 ('47+85+12='), "
+        "subtraction ('85-47=', a >= b) or sum_words ('sum of 47 and 85 ='); answers least-"
+        "significant digit first (rlreason.data.synthetic)."
+    )
     difficulty: int = Field(2, ge=1, le=12, description="Difficulty level (digits per operand).")
     min_difficulty: int | None = Field(
         None, ge=1, description="If set, mix levels min_difficulty..difficulty uniformly."
@@ -430,6 +434,37 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+# data files a recipe may name relative to itself (dotted path in the recipe)
+RECIPE_FILE_FIELDS = ("data.source", "data.eval_source", "past.source_data.source",
+                      "past.source_data.eval_source", "past.target_data.source",
+                      "past.target_data.eval_source", "guidance.hardness_file")
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def resolve_recipe_paths(data: dict[str, Any], recipe: Path) -> None:
+    """Make a recipe file's relative data paths relative to the file itself, as a suite
+    file's are: the recipe then works from any working directory and from a fresh clone
+    (`recipes/x.yaml` names `../data/gsm8k_train.jsonl`). A value that is neither an
+    existing path nor file-like (no .jsonl/.json/.parquet suffix) is a hub id and stays;
+    a file that does not exist stops here, naming the recipe, the field and the path
+    looked at. Command-line overrides are not touched: they are relative to where you are."""
+    for dotted in RECIPE_FILE_FIELDS:
+        *parents, key = dotted.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(value, str) or not value or value == "synthetic" or Path(value).is_absolute():
+            continue
+        candidate = (recipe.parent / value).resolve()
+        file_like = key == "hardness_file" or Path(value).suffix.lower() in DATA_FILE_SUFFIXES
+        if candidate.exists():
+            node[key] = str(candidate)
+        elif file_like:
+            raise ConfigError(f"{recipe}: {dotted}: no file {value!r} (paths in a recipe are relative to "
+                              f"the recipe's folder: looked at {candidate})")
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict."""
     for item in overrides:
@@ -463,6 +498,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping of sections at the top level")
         data = loaded
+        resolve_recipe_paths(data, p)
     apply_overrides(data, list(overrides or []))
     try:
         return RecipeConfig.model_validate(data)

@@ -12,11 +12,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def benchmarks_dir() -> Path:
-    """The shared benchmark files: $RLREASON_BENCHMARKS_DIR, else <repo>/../shared/benchmarks."""
+    """The benchmark files the project ships: $RLREASON_BENCHMARKS_DIR, else <repo>/data."""
     env = os.environ.get("RLREASON_BENCHMARKS_DIR")
-    path = Path(env) if env else (REPO_ROOT / ".." / "shared" / "benchmarks").resolve()
-    if not path.is_dir():
-        pytest.skip(f"benchmarks directory not found: {path}")
+    path = Path(env) if env else REPO_ROOT / "data"
+    assert (path / "gsm8k_test.jsonl").is_file(), f"benchmark files missing from {path}"
     return path
 
 

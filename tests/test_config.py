@@ -76,3 +76,31 @@ def test_readme_reference_is_current():
     stale = [line for line in reference() if line not in readme]
     assert not stale, f"README config reference is stale; regenerate with " \
                       f"`rlreason config --reference`: {stale[:3]}"
+
+
+def test_recipe_data_paths_are_relative_to_the_recipe(tmp_path, monkeypatch):
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    recipe = folder / "r.yaml"
+    recipe.write_text("data: {source: ../data/train.jsonl, eval_source: openai/gsm8k:main}\n")
+    monkeypatch.chdir(tmp_path / "data")  # anywhere but the recipe's folder
+    cfg = load_config(recipe)
+    assert cfg.data.source == str((tmp_path / "data" / "train.jsonl").resolve())
+    assert cfg.data.eval_source == "openai/gsm8k:main"  # a hub id stays as it is
+    # an override is relative to where you are, not to the recipe
+    assert load_config(recipe, ["data.source=train.jsonl"]).data.source == "train.jsonl"
+    recipe.write_text("data: {source: ../data/missing.jsonl}\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: data\.source: no file '\.\./data/missing\.jsonl'.*"
+                                          r"looked at .*data/missing\.jsonl"):
+        load_config(recipe)
+
+
+def test_every_shipped_recipe_names_data_that_exists():
+    root = Path(__file__).resolve().parents[1]
+    for recipe in sorted((root / "recipes").glob("*.yaml")):
+        cfg = load_config(recipe)
+        for src in (cfg.data.source, cfg.data.eval_source):
+            if src and src != "synthetic":
+                assert Path(src).is_file(), (recipe.name, src)

@@ -303,7 +303,8 @@ def test_suite_relative_source_resolves_next_to_the_yaml(tiny, tmp_path, monkeyp
     assert len(problems) == 6 and problems[0].metadata == {"size": "small"}
     suite_file.write_text(suite_file.read_text(encoding="utf-8").replace("additions.jsonl", "missing.jsonl"),
                           encoding="utf-8")
-    with pytest.raises(ValueError, match="no such file; looked at .*missing.jsonl and .*missing.jsonl"):
+    with pytest.raises(ValueError,
+                       match=r"no such file; looked at .*data/missing.jsonl \(relative to the suite's folder\)"):
         load_suite_problems(load_suite(suite_file))
 
 

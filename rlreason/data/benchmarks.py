@@ -1,7 +1,8 @@
-"""Loaders for the benchmark files shipped in the shared benchmarks directory.
+"""Loaders for the benchmark files the project ships in its `data/` folder.
 
-The directory is `$RLREASON_BENCHMARKS_DIR` when set, else `<repo root>/../shared/benchmarks`
-(repo root = the folder that holds the `rlreason` package).
+The directory is `$RLREASON_BENCHMARKS_DIR` when set, else `<repo root>/data` (repo root =
+the folder that holds the `rlreason` package; data/README.md lists the files, their
+sources and licenses).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ ENV_VAR = "RLREASON_BENCHMARKS_DIR"
 
 def _default_dir() -> Path:
     repo_root = Path(__file__).resolve().parents[2]
-    return (repo_root / ".." / "shared" / "benchmarks").resolve()
+    return (repo_root / "data").resolve()
 
 
 def benchmarks_dir() -> Path:

@@ -7,15 +7,15 @@ the ones in `<repo>/evaluation/` are also built-in names (``gsm8k``, ``math500``
 
 ```yaml
 name: math500
-data: {source: ../../shared/benchmarks/math500.jsonl}   # or {source: HuggingFaceH4/MATH-500, split: test}
+data: {source: ../data/math500.jsonl}   # or {source: HuggingFaceH4/MATH-500, split: test}
 fields: {id_key: unique_id, prompt_key: problem, answer_key: answer, solution_key: solution}
 prompt: {system_prompt: "Please reason step by step, ...", plain_template: "Problem: {prompt} ..."}
 grading: {grader: math, timeout_s: 5}
 group_by: [subject, level]
 ```
 
-A relative ``data.source`` is looked up next to the YAML first, then in the current
-directory, so suites work from any working directory. Unknown keys are rejected with the
+A relative ``data.source`` is relative to the YAML's folder (the rule recipes follow too),
+so suites work from any working directory. Unknown keys are rejected with the
 nearest valid names: a typo such as ``promt_key`` would otherwise silently fall back to a
 default and evaluate the wrong field.
 
@@ -216,17 +216,13 @@ def resolve_source(suite: Suite) -> str:
     source = suite.data.source
     if not _is_local(suite) or Path(source).is_absolute():
         return source
-    tried = []
-    if suite.path is not None:
-        candidate = suite.path.parent / source
-        if candidate.is_file():
-            return str(candidate.resolve())
-        tried.append(str(candidate.resolve()))
-    if Path(source).is_file():
-        return str(Path(source).resolve())
-    tried.append(str(Path(source).resolve()))
+    # a suite file: relative to its folder; a suite built from the command line: to the cwd
+    candidate = (suite.path.parent / source if suite.path is not None else Path(source)).resolve()
+    if candidate.is_file():
+        return str(candidate)
     where = f"{suite.path}: " if suite.path else ""
-    raise DataError(f"{where}data.source {source!r}: no such file; looked at {' and '.join(tried)}")
+    rule = " (relative to the suite's folder)" if suite.path is not None else ""
+    raise DataError(f"{where}data.source {source!r}: no such file; looked at {candidate}{rule}")
 
 
 def load_suite_problems(suite: Suite, *, limit: int | None = None) -> list[Problem]:
