@@ -46,15 +46,30 @@ def mismatched_order(problems: list[Problem], seed: int = 0) -> list[int]:
     return order
 
 
+def as_written(answer: str) -> str:
+    """`27.0` -> `27`: how a model states an integral answer stored as a float."""
+    try:
+        value = float(answer)
+    except ValueError:
+        return answer
+    return str(int(value)) if value.is_integer() else answer
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("benchmark", help="built-in name (gsm8k, math500) or suite YAML")
+    p.add_argument("benchmark", help="built-in name (gsm8k, math500, aime24, amc23) or suite YAML")
     p.add_argument("output", help="completions JSONL to write")
     p.add_argument("--shuffle", action="store_true", help="pair each problem with another problem's solution")
     p.add_argument("--seed", type=int, default=0, help="seed of --shuffle")
+    p.add_argument("--from-answers", action="store_true",
+                   help="for benchmarks without worked solutions (AMC): write 'The answer is \\boxed{A}' with "
+                   "A the gold answer as a model would write it (an integral float such as 27.0 as 27)")
     args = p.parse_args(argv)
 
     problems = load_suite_problems(resolve_benchmark(args.benchmark))
+    if args.from_answers:
+        for q in problems:
+            q.solution = f"The answer is $\\boxed{{{as_written(q.answer)}}}$."
     missing = [q.id for q in problems if not q.solution]
     if missing:
         print(f"error: {len(missing)} problems of {args.benchmark} have no solution (first: {missing[0]!r}); "

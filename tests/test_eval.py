@@ -127,16 +127,18 @@ def gold_runs(benchmarks_dir, tmp_path_factory):
     """Gold and shuffled gold solutions of both shipped suites, rescored through the CLI."""
     tmp = tmp_path_factory.mktemp("gold")
     script = _load_script()
-    files = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500.jsonl"}
+    files = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500.jsonl", "aime24": "aime24.jsonl",
+             "amc23": "amc23.jsonl"}
     runs = {}
     for name, file in files.items():
+        extra = ["--from-answers"] if name == "amc23" else []  # AMC ships answers, no solutions
         suite = yaml.safe_load(builtin_suites()[name].read_text(encoding="utf-8"))
         suite["data"]["source"] = str(benchmarks_dir / file)  # honour $RLREASON_BENCHMARKS_DIR
         suite_file = tmp / f"{name}.yaml"
         suite_file.write_text(yaml.safe_dump(suite), encoding="utf-8")
         for kind, flags in (("gold", []), ("shuffled", ["--shuffle"])):
             completions = tmp / f"{name}-{kind}.jsonl"
-            assert script.main([str(suite_file), str(completions), *flags]) == 0
+            assert script.main([str(suite_file), str(completions), *flags, *extra]) == 0
             out = tmp / f"{name}-{kind}"
             assert main(["eval", "--benchmark", str(suite_file), "--completions", str(completions),
                          "--output", str(out), "--quiet"]) == 0
@@ -144,7 +146,7 @@ def gold_runs(benchmarks_dir, tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("name,n_problems", [("gsm8k", 1319), ("math500", 500)])
+@pytest.mark.parametrize("name,n_problems", [("gsm8k", 1319), ("math500", 500), ("aime24", 30), ("amc23", 40)])
 def test_gold_solutions_pass_and_shuffled_fail(gold_runs, name, n_problems):
     gold = _read_json(gold_runs[name, "gold"] / "summary.json")
     shuffled = _read_json(gold_runs[name, "shuffled"] / "summary.json")
@@ -309,7 +311,7 @@ def test_suite_relative_source_resolves_next_to_the_yaml(tiny, tmp_path, monkeyp
 
 
 def test_builtin_suites_load(benchmarks_dir):
-    assert {"gsm8k", "math500"} <= set(builtin_suites())
+    assert {"gsm8k", "math500", "aime24", "amc23"} <= set(builtin_suites())
     math500 = load_suite(builtin_suites()["math500"])
     assert math500.group_by == ["subject", "level"] and math500.grading.grader == "math"
 

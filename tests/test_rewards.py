@@ -325,3 +325,12 @@ def test_pathological_math_is_interrupted_by_wrapper() -> None:
         assert rf(rf"\boxed{{{tower} - {tower} + 2}}", _problem("2", pid="tower")) == 0.0
     assert time.monotonic() - start < 3.0
     assert rf.timeouts == 1
+
+
+def test_competition_formatting_around_an_integer_is_read():
+    """AIME solutions box `\\textbf{(073)}`: the number 73, not nothing."""
+    from rlreason.rewards.math import math_equal
+
+    assert math_equal(r"\textbf{(073)}", "73") and not math_equal(r"\textbf{(073)}", "74")
+    assert math_equal("(1,2)", "(1,2)") and not math_equal("(1,2)", "12")
+    assert math_equal("27", "27.0")  # AMC answers are floats in the file

@@ -74,9 +74,24 @@ def normalize_answer(text: str) -> str:
     return text.rstrip(".")
 
 
+_BOLD_RE = re.compile(r"^\\(?:textbf|mathbf|text)\{(.*)\}$", re.S)
+_PAREN_INT_RE = re.compile(r"^\((\d+)\)$")
+
+
+def _unwrap(answer: str) -> str:
+    """Competition formatting around a bare integer: AIME solutions box ``\\textbf{(073)}``,
+    which math-verify reads as no number at all (1 of 30 AIME 2024 gold solutions failed)."""
+    inner = answer.strip()
+    bold = _BOLD_RE.match(inner)
+    if bold:
+        inner = bold.group(1).strip()
+    paren = _PAREN_INT_RE.match(inner)
+    return paren.group(1) if paren else inner if bold else answer
+
+
 def _parse_answer(answer: str, timeout: int | None) -> list[Any]:
     """Parse an isolated answer string, plain number or LaTeX, into math-verify objects."""
-    answer = answer.strip()
+    answer = _unwrap(answer.strip())
     candidates = [answer] if "\\boxed" in answer else [f"\\boxed{{{answer}}}", f"${answer}$"]
     for candidate in candidates:
         parsed = parse(candidate, extraction_config=_ANSWER_CONFIG, parsing_timeout=timeout)
