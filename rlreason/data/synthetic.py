@@ -11,6 +11,23 @@ Difficulty = digits per operand; `carries` filters problems by where carries hap
 some, only out of the lowest column, only out of the highest). A model warm-started without
 some kind of carry never solves problems that need it, which is what guided exploration
 (POPE) needs; every digit of the oracle solution is exact, so a prefix of it is a valid hint.
+
+Arithmetic skills (`data.synthetic.task`): a small family that shares one skill, carrying
+(or borrowing) from column to column with answers written least-significant digit first,
+but differs in what is done, so a source task and a target task can share the skill that
+RL sharpens without sharing the prompt (PaST):
+
+  addition     "47+85="        -> "231"   a + b (the task above)
+  addition3    "47+85+12="     -> "341"   a + b + c: a column can carry 2
+  subtraction  "85-47="        -> "83"    a - b, a >= b, zero-padded to `difficulty` digits
+                                          (85-80= -> "50"); `carries` filters by borrows
+  sum_words    "sum of 47 and 85 =" -> "231"  a + b asked in words, no operator symbol
+
+Answers of the new tasks are at most 8 characters (difficulty <= 7). Combinations that
+mean nothing are refused with the field named: `operator` on sum_words (no symbol), and
+`carries: top_only` on subtraction (with a >= b the highest column never borrows).
+`operator` replaces the symbol of addition and addition3; for subtraction the default '+'
+stands for the task's own '-' and any other symbol is used as given.
 """
 from __future__ import annotations
 
@@ -24,15 +41,37 @@ def addition_answer(a: int, b: int) -> str:
     return str(a + b)[::-1]
 
 
-def carry_columns(a: int, b: int) -> list[bool]:
-    """For each column of a + b, least significant first: does it carry out?"""
-    out, carry = [], 0
-    while a or b:
-        s = a % 10 + b % 10 + carry
-        carry = int(s >= 10)
-        out.append(bool(carry))
+def carry_columns(*operands: int) -> list[bool]:
+    """For each column of the sum of `operands` (two or more), least significant first:
+    does it carry out (a carry of 1 or, with three operands, 2)?"""
+    out, carry, xs = [], 0, list(operands)
+    while any(xs):
+        s = sum(x % 10 for x in xs) + carry
+        carry = s // 10
+        out.append(carry > 0)
+        xs = [x // 10 for x in xs]
+    return out
+
+
+def borrow_columns(a: int, b: int, digits: int) -> list[bool]:
+    """For each of the `digits` columns of a - b (a >= b), least significant first: does it
+    borrow from the next column?"""
+    out, borrow = [], 0
+    for _ in range(digits):
+        d = a % 10 - b % 10 - borrow
+        borrow = int(d < 0)
+        out.append(bool(borrow))
         a, b = a // 10, b // 10
     return out
+
+
+def subtraction_answer(a: int, b: int, digits: int) -> str:
+    """a - b zero-padded to `digits` digits, least-significant first: one digit a column."""
+    return str(a - b).zfill(digits)[::-1]
+
+
+TASKS = ("addition", "addition3", "subtraction", "sum_words")
+MAX_ANSWER_CHARS = 8  # answers of the arithmetic-skill tasks (addition keeps its old range)
 
 
 CARRY_FILTERS = {
@@ -63,6 +102,72 @@ def make_addition(rng: random.Random, digits: int, index: int, prefix: str,
     )
 
 
+def _draw(rng: random.Random, lo: int, hi: int, n: int) -> list[int]:
+    return [rng.randint(lo, hi) for _ in range(n)]
+
+
+def make_skill_problem(task: str, rng: random.Random, digits: int, index: int, prefix: str,
+                       carries: str = "any", operator: str = "+") -> Problem:
+    """One problem of the arithmetic-skill tasks other than plain addition."""
+    lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    keep = CARRY_FILTERS[carries]
+    for _ in range(100_000):  # a filter no problem of this level passes must not hang
+        if task == "addition3":
+            a, b, c = _draw(rng, lo, hi, 3)
+            if keep(carry_columns(a, b, c)):
+                return Problem(id=f"{prefix}-{index}", prompt=f"{a}{operator}{b}{operator}{c}=",
+                               answer=str(a + b + c)[::-1], solution=str(a + b + c)[::-1],
+                               metadata={"level": digits, "a": a, "b": b, "c": c})
+        elif task == "subtraction":
+            a, b = sorted(_draw(rng, lo, hi, 2), reverse=True)
+            if keep(borrow_columns(a, b, digits)):
+                symbol = "-" if operator == "+" else operator
+                answer = subtraction_answer(a, b, digits)
+                return Problem(id=f"{prefix}-{index}", prompt=f"{a}{symbol}{b}=", answer=answer,
+                               solution=answer, metadata={"level": digits, "a": a, "b": b})
+        elif task == "sum_words":
+            a, b = _draw(rng, lo, hi, 2)
+            if keep(carry_columns(a, b)):
+                answer = addition_answer(a, b)
+                return Problem(id=f"{prefix}-{index}", prompt=f"sum of {a} and {b} =",
+                               answer=answer, solution=answer,
+                               metadata={"level": digits, "a": a, "b": b})
+        else:
+            raise ValueError(f"data.synthetic.task: unknown task {task!r}")
+    raise ValueError(f"data.synthetic.carries: no {digits}-digit {task} problem passes "
+                     f"the filter {carries!r}")
+
+
+def check_task(task: str, difficulty: int, carries: str = "any", operator: str = "+",
+               min_difficulty: int | None = None) -> None:
+    """Refuse a task name or a combination of fields that means nothing, naming the field."""
+    if task not in TASKS:
+        raise ValueError(f"data.synthetic.task: unknown task {task!r}; expected one of {list(TASKS)}")
+    if carries not in CARRY_FILTERS:
+        raise ValueError(f"data.synthetic.carries: unknown filter {carries!r}; "
+                         f"expected one of {list(CARRY_FILTERS)}")
+    lowest = min(min_difficulty or difficulty, difficulty)
+    # one column: no "only out of the lowest / highest" (and a one-digit a - b never borrows)
+    one_column_impossible = {"units_only", "top_only"} | (
+        {"some"} if task == "subtraction" else set())
+    if lowest == 1 and carries in one_column_impossible:
+        raise ValueError(f"data.synthetic.carries: {carries!r} needs at least 2 digits for task "
+                         f"{task!r}; raise difficulty (and min_difficulty) to >= 2")
+    if task == "addition":
+        return
+    longest = difficulty + (task != "subtraction")  # a sum may gain a digit
+    if longest > MAX_ANSWER_CHARS:
+        raise ValueError(f"data.synthetic.difficulty: task {task!r} keeps answers <= "
+                         f"{MAX_ANSWER_CHARS} characters; difficulty {difficulty} gives {longest}")
+    if task == "sum_words" and operator != "+":
+        raise ValueError(f"data.synthetic.operator: task 'sum_words' asks in words "
+                         f"('sum of A and B =') and has no operator symbol; got {operator!r}, "
+                         "leave it at '+'")
+    if task == "subtraction" and carries == "top_only":
+        raise ValueError("data.synthetic.carries: 'top_only' is impossible for task "
+                         "'subtraction' (with a >= b the highest column never borrows)")
+
+
 def synthetic_problems(
     task: str,
     num: int,
@@ -78,8 +183,7 @@ def synthetic_problems(
 ) -> list[Problem]:
     """`num` distinct problems; `exclude` holds prompts that must not appear (held-out).
     With `allow_fewer`, a level with fewer distinct problems than `num` gives them all."""
-    if task != "addition":
-        raise ValueError(f"data.synthetic.task: unknown task {task!r}; expected 'addition'")
+    check_task(task, difficulty, carries, operator, min_difficulty)
     rng = random.Random(f"{task}-{split}-{seed}")
     levels = list(range(min_difficulty or difficulty, difficulty + 1))
     seen = set(exclude or ())
@@ -94,7 +198,11 @@ def synthetic_problems(
                 f"data.synthetic: cannot draw {num} distinct problems at difficulty "
                 f"{levels}; lower num_train/num_eval or raise difficulty"
             )
-        p = make_addition(rng, rng.choice(levels), len(out), f"{task}-{split}", carries, operator)
+        if task == "addition":  # its draws are unchanged, so earlier runs' data is the same
+            p = make_addition(rng, rng.choice(levels), len(out), f"{task}-{split}", carries, operator)
+        else:
+            p = make_skill_problem(task, rng, rng.choice(levels), len(out), f"{task}-{split}",
+                                   carries, operator)
         if p.prompt in seen:
             continue
         seen.add(p.prompt)  # type: ignore[arg-type]
