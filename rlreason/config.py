@@ -365,6 +365,10 @@ class TrainConfig(_Section):
         return "no" if v is False else v  # YAML reads a bare `no` as false
 
     log_every: int = Field(1, ge=1, description="Progress line every N steps when not a TTY.")
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] = Field(
+        default_factory=list, description="Experiment trackers that also get every metrics.jsonl row "
+        "(accelerate's trackers; TensorBoard/trackio files under output_dir)."
+    )
     plot: bool = Field(True, description="Write reward_curve.png at the end.")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's).")
     use_cpu: bool = Field(False, description="Train on the CPU even where a GPU is visible (TRL's use_cpu).")

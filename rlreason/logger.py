@@ -29,7 +29,7 @@ def _clean(v: Any) -> Any:
 
 class MetricsLogger:
     def __init__(self, output_dir: str | Path, max_steps: int, *, start_step: int = 0,
-                 log_every: int = 1, enabled: bool = True, stream=None):
+                 log_every: int = 1, enabled: bool = True, stream=None, sink=None):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.max_steps = max_steps
         self.start_step = start_step
@@ -38,6 +38,7 @@ class MetricsLogger:
         self.stream = stream or sys.stdout
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.perf_counter()
+        self.sink = sink  # also gets every row (experiment trackers: tracking.py)
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._truncate_after(start_step)
@@ -57,6 +58,8 @@ class MetricsLogger:
             return
         with self.path.open("a") as f:
             f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        if self.sink is not None:
+            self.sink(row)
         if "reward" in row or "loss" in row:
             self._progress(row)
 

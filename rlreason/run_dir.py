@@ -26,7 +26,7 @@ from pathlib import Path
 RUN_FILE = "run.json"
 # what a run writes into its folder: the previous run's copies go with overwrite_output_dir
 RUN_ARTEFACTS = ("run.json", "config.yaml", "metrics.jsonl", "reward_curve.png", "hardness.json",
-                 "checkpoints", "final")
+                 "checkpoints", "final", "rlreason")  # rlreason/: TensorBoard/trackio files (tracking.py)
 
 
 class OutputDirError(ValueError):

@@ -165,7 +165,7 @@ def train_sft(cfg, log=print) -> dict:
     from .config import dump_config
     from .logger import MetricsLogger, plot_rewards
     from .run_dir import claim_output_dir
-    from .trainer import build_run, check_run_dir, evaluate
+    from .trainer import build_run, check_run_dir, evaluate, tracker_sink
 
     out = Path(cfg.train.output_dir)
     if cfg.train.resume_from:
@@ -178,7 +178,8 @@ def train_sft(cfg, log=print) -> dict:
     missing = [p.id for p in run.train_data.problems if not (p.solution or p.answer)]
     if missing:
         raise ValueError(f"sft: problems without a target (data.solution_key): {missing[:3]}")
-    logger = MetricsLogger(out, cfg.train.max_steps, log_every=cfg.train.log_every)
+    logger = MetricsLogger(out, cfg.train.max_steps, log_every=cfg.train.log_every,
+                           enabled=run.accelerator.is_main_process, sink=tracker_sink(run))
     log(f"sft ({cfg.sft.loss}) on {len(run.train_data.problems)} examples: "
         f"{cfg.train.max_steps} steps x {cfg.train.prompts_per_step}")
     if run.eval_problems:
@@ -195,4 +196,5 @@ def train_sft(cfg, log=print) -> dict:
     if cfg.train.plot:
         plot_rewards(out / "metrics.jsonl", out / "reward_curve.png")
     logger.message(f"done: metrics in {out / 'metrics.jsonl'}, model in {out / 'final'}")
+    run.accelerator.end_training()
     return row

@@ -26,6 +26,7 @@ from .rewards import RewardFunction, check_timeout_fractions, compute_rewards
 from .rollout.engine import make_engine
 from .rollout.guidance import encode_guided, scored_text
 from .run_dir import check_output_dir, claim_output_dir, is_main_process, read_run_id
+from .tracking import check_trackers, start_trackers, tracked_values
 from .sharding import (
     accumulation_boundary,
     check_deepspeed_config,
@@ -501,8 +502,10 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
+    check_trackers(cfg.train.report_to)
     accelerator = Accelerator(cpu=cfg.train.use_cpu or not torch.cuda.is_available(),
-                              mixed_precision=cfg.train.mixed_precision)
+                              mixed_precision=cfg.train.mixed_precision,
+                              log_with=cfg.train.report_to or None, project_dir=cfg.train.output_dir)
     check_batch(cfg, accelerator.num_processes)
     check_deepspeed_config(accelerator, cfg)
     reduce_in_float32(accelerator)
@@ -580,6 +583,15 @@ def export_final(run: Run, folder: Path) -> None:
         run.tokenizer.save_pretrained(folder)
 
 
+def tracker_sink(run: Run):
+    """Open the recipe's trackers (`train.report_to`) and return what sends them each
+    metrics row; None without trackers. Called once the run folder is claimed."""
+    if not run.cfg.train.report_to:
+        return None
+    start_trackers(run.accelerator, run.cfg)
+    return lambda row: run.accelerator.log(tracked_values(row), step=int(row["step"]))
+
+
 def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
           stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) a recipe; `stop_after` ends early after that many steps (tests)."""
@@ -607,7 +619,7 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
             run.guide.load_state_dict(state["guide"])
     is_main = run.accelerator.is_main_process
     run.logger = MetricsLogger(out, cfg.train.max_steps, start_step=run.step,
-                               log_every=cfg.train.log_every, enabled=is_main)
+                               log_every=cfg.train.log_every, enabled=is_main, sink=tracker_sink(run))
     t = cfg.train
     log(f"training {run.model_path} on {len(run.train_data.problems)} problems "
         f"({len(run.eval_problems)} held out): {t.max_steps} steps x {t.prompts_per_step} "
@@ -628,6 +640,7 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
         if t.save_steps and run.step % t.save_steps == 0 and run.step < t.max_steps:
             save(run)
         if stop_after is not None and run.step >= stop_after:
+            run.accelerator.end_training()
             return last
     save(run)
     final = out / "final"
@@ -636,4 +649,5 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
         if t.plot:
             plot_rewards(out / "metrics.jsonl", out / "reward_curve.png")
         run.logger.message(f"done: metrics in {out / 'metrics.jsonl'}, model in {final}")
+    run.accelerator.end_training()
     return last

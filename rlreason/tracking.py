@@ -1,0 +1,57 @@
+"""Experiment trackers (`train.report_to`, TRL's name): every row that goes to metrics.jsonl
+(training steps and evaluations, with their step) also goes to TensorBoard, Weights &
+Biases, trackio or MLflow, and the resolved recipe is the tracked run's config.
+
+Why accelerate's trackers rather than each client directly: the trainer already runs on an
+`Accelerator`, whose trackers log from the main process only and know the four backends'
+setup; rlreason adds the checks a user needs before a long run starts (the package is
+installed) and the filtering the clients need (numbers only, no None or NaN).
+metrics.jsonl stays the record: trackers are a view of it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import Any
+
+# report_to name -> (module to import, pip package)
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+            "trackio": ("trackio", "trackio"), "mlflow": ("mlflow", "mlflow")}
+
+
+def check_trackers(names: list[str]) -> None:
+    """Stop before anything runs when a tracker's package is missing, with the pip command."""
+    missing = [n for n in names if importlib.util.find_spec(TRACKERS[n][0]) is None]
+    if missing:
+        pkgs = " ".join(TRACKERS[n][1] for n in missing)
+        raise ValueError(f"train.report_to: {', '.join(missing)} not installed; `pip install {pkgs}` "
+                         "(or drop it from train.report_to)")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested recipe as flat dotted keys of numbers and strings (what every tracker takes)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        elif v is not None:
+            out[key] = str(v)
+    return out
+
+
+def start_trackers(accelerator, cfg) -> None:
+    """Open the run on every configured tracker (main process; accelerate's own guard)."""
+    from pathlib import Path
+
+    name = Path(cfg.train.output_dir).name or "run"
+    accelerator.init_trackers("rlreason", config=_flat(cfg.model_dump(mode="json")),
+                              init_kwargs={"wandb": {"name": name}, "trackio": {"name": name}})
+
+
+def tracked_values(row: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a metrics row (no step, no None/NaN, no strings such as `strategy`)."""
+    return {k: float(v) for k, v in row.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}

@@ -1,0 +1,38 @@
+"""Experiment trackers: every metrics row reaches TensorBoard; a missing tracker stops first."""
+from __future__ import annotations
+
+import pytest
+
+from rlreason import tracking
+from rlreason.logger import read_metrics
+from rlreason.trainer import train
+
+
+def test_tensorboard_gets_the_reward_and_evaluation_series(tiny_recipe, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_recipe("train.max_steps=3", "train.report_to=[tensorboard]"), log=lambda s: None)
+    out = tmp_path / "run"
+    assert list((out / "rlreason").glob("events.out.tfevents.*")), sorted(p.name for p in out.rglob("*"))
+    acc = EventAccumulator(str(out / "rlreason"))  # the run's scalars (a subfolder holds the config)
+    acc.Reload()
+    rows = read_metrics(out / "metrics.jsonl")
+    reward = acc.Scalars("reward")
+    assert [e.step for e in reward] == [1, 2, 3]
+    want = [r["reward"] for r in rows if "reward" in r]
+    assert [e.value for e in reward] == pytest.approx(want, abs=1e-6)  # the metrics.jsonl numbers
+    assert [e.step for e in acc.Scalars("eval/accuracy")] == [0, 3]  # before training, at the end
+
+
+def test_a_tracker_that_is_not_installed_stops_before_anything_runs(tiny_recipe, tmp_path, monkeypatch):
+    monkeypatch.setitem(tracking.TRACKERS, "mlflow", ("rlreason_no_such_module", "mlflow"))
+    with pytest.raises(ValueError, match=r"train.report_to: mlflow not installed; `pip install mlflow`"):
+        train(tiny_recipe("train.report_to=[mlflow]"), log=lambda s: None)
+    out = tmp_path / "run"
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_tracked_values_keep_numbers_only():
+    row = {"step": 4, "reward": 0.5, "kl": None, "loss": float("nan"), "strategy": "single",
+           "world_size": 1, "flag": True}
+    assert tracking.tracked_values(row) == {"reward": 0.5, "world_size": 1.0}
