@@ -26,7 +26,6 @@ from .rewards import RewardFunction, check_timeout_fractions, compute_rewards
 from .rollout.engine import make_engine
 from .rollout.guidance import encode_guided, scored_text
 from .run_dir import check_output_dir, claim_output_dir, is_main_process, read_run_id
-from .tracking import check_trackers, start_trackers, tracked_values
 from .sharding import (
     accumulation_boundary,
     check_deepspeed_config,
@@ -38,6 +37,7 @@ from .sharding import (
     strategy,
     whole_weights_at_load,
 )
+from .tracking import check_trackers, start_trackers, tracked_values
 from .types import Adapter, Completion, Problem, SamplingParams
 
 # ---------------------------------------------------------------- the run
