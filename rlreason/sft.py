@@ -165,6 +165,7 @@ def train_sft(cfg, log=print) -> dict:
     from .config import dump_config
     from .logger import MetricsLogger, plot_rewards
     from .run_dir import claim_output_dir
+    from .tracking import finish_trackers
     from .trainer import build_run, check_run_dir, evaluate, tracker_sink
 
     out = Path(cfg.train.output_dir)
@@ -196,5 +197,5 @@ def train_sft(cfg, log=print) -> dict:
     if cfg.train.plot:
         plot_rewards(out / "metrics.jsonl", out / "reward_curve.png")
     logger.message(f"done: metrics in {out / 'metrics.jsonl'}, model in {out / 'final'}")
-    run.accelerator.end_training()
+    finish_trackers(run.accelerator)
     return row

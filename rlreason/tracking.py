@@ -55,3 +55,12 @@ def tracked_values(row: dict[str, Any]) -> dict[str, float]:
     """The numbers of a metrics row (no step, no None/NaN, no strings such as `strategy`)."""
     return {k: float(v) for k, v in row.items()
             if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def finish_trackers(accelerator) -> None:
+    """Close the trackers (flush files, end the remote run). Not `accelerator.end_training()`:
+    that also destroys the process group, which a caller under `accelerate launch` may still
+    use (`rlreason past` runs several stages in one process)."""
+    if accelerator.is_main_process:
+        for tracker in accelerator.trackers:
+            tracker.finish()

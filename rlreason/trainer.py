@@ -37,7 +37,7 @@ from .sharding import (
     strategy,
     whole_weights_at_load,
 )
-from .tracking import check_trackers, start_trackers, tracked_values
+from .tracking import check_trackers, finish_trackers, start_trackers, tracked_values
 from .types import Adapter, Completion, Problem, SamplingParams
 
 # ---------------------------------------------------------------- the run
@@ -581,6 +581,9 @@ def export_final(run: Run, folder: Path) -> None:
     if run.accelerator.is_main_process:
         run.policy.save_pretrained(folder, **({"state_dict": sd} if sd is not None else {}))
         run.tokenizer.save_pretrained(folder)
+        from .model_card import write_model_card
+
+        write_model_card(run.cfg, folder, Path(run.cfg.train.output_dir) / "metrics.jsonl")
 
 
 def tracker_sink(run: Run):
@@ -640,7 +643,7 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
         if t.save_steps and run.step % t.save_steps == 0 and run.step < t.max_steps:
             save(run)
         if stop_after is not None and run.step >= stop_after:
-            run.accelerator.end_training()
+            finish_trackers(run.accelerator)
             return last
     save(run)
     final = out / "final"
@@ -649,5 +652,5 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
         if t.plot:
             plot_rewards(out / "metrics.jsonl", out / "reward_curve.png")
         run.logger.message(f"done: metrics in {out / 'metrics.jsonl'}, model in {final}")
-    run.accelerator.end_training()
+    finish_trackers(run.accelerator)
     return last
