@@ -10,7 +10,13 @@ import pytest
 
 from rlreason.cli import main
 from rlreason.config import RewardSpec
-from rlreason.rewards import RewardError, RewardFunction, compute_rewards, resolve_reward
+from rlreason.rewards import (
+    RewardError,
+    RewardFunction,
+    check_timeout_fractions,
+    compute_rewards,
+    resolve_reward,
+)
 from rlreason.types import Problem
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
@@ -132,8 +138,9 @@ def _score(rf: RewardFunction, n: int = 4, **kw):
 
 def test_all_calls_timing_out_stop_the_step() -> None:
     rf = RewardFunction(_sleepy(set()), name="slow", timeout_s=0.05, max_timeout_fraction=0.5)
+    scored = _score(rf)
     with pytest.raises(RewardError) as info:
-        _score(rf, check_timeouts=True)
+        check_timeout_fractions([(rf, 1.0)], scored.timeouts, 4)
     msg = str(info.value)
     assert "reward 'slow' timed out on 4/4 calls this step" in msg
     assert "max_timeout_fraction 0.5 of rewards[0]" in msg and "rewards[0].timeout_s" in msg
@@ -141,7 +148,8 @@ def test_all_calls_timing_out_stop_the_step() -> None:
 
 def test_timeouts_allowed_by_fraction_one_score_zero_and_are_counted() -> None:
     rf = RewardFunction(_sleepy(set()), name="slow", timeout_s=0.05, max_timeout_fraction=1.0)
-    scored = _score(rf, check_timeouts=True)
+    scored = _score(rf)
+    check_timeout_fractions([(rf, 1.0)], scored.timeouts, 4)  # 4/4 is not more than 1.0
     totals, raw = scored
     assert totals == [0.0] * 4 and raw == {"slow": [0.0] * 4}
     assert scored.timeouts == {"slow": 4}
@@ -152,13 +160,14 @@ def test_few_timeouts_continue_and_are_counted() -> None:
     rf = RewardFunction(_sleepy({"p2"}), name="slow", timeout_s=0.05, max_timeout_fraction=0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        scored = compute_rewards(["c"] * 4, _problems(4), [(fast, 1.0), (rf, 1.0)], check_timeouts=True)
+        scored = compute_rewards(["c"] * 4, _problems(4), [(fast, 1.0), (rf, 1.0)])
+    check_timeout_fractions([(fast, 1.0), (rf, 1.0)], scored.timeouts, 4)  # 1/4 <= 0.5: no stop
     assert scored.raw["slow"] == [1.0, 1.0, 0.0, 1.0]
     assert scored.timeouts == {"fast": 0, "slow": 1}
 
 
 def test_other_callers_do_not_stop_on_timeouts() -> None:
-    """Evaluation and guidance probing call compute_rewards without check_timeouts."""
+    """Evaluation and guidance probing call compute_rewards alone: counted, never stopped."""
     rf = RewardFunction(_sleepy(set()), name="slow", timeout_s=0.05, max_timeout_fraction=0.5)
     assert _score(rf).timeouts == {"slow": 4}
 

@@ -11,7 +11,8 @@ the completion. Slowness, on the other hand, is a property of the sample (a path
 expression for SymPy), so a call that exceeds `timeout_s` scores 0.0, is counted in
 `timeouts`, and warns, and training goes on -- unless most of one reward's calls in a
 training step time out (`max_timeout_fraction`), which is a broken or mis-sized reward,
-not a hard sample: then `compute_rewards` (asked to check) raises `RewardError`.
+not a hard sample: then `check_timeout_fractions` (the trainer, on the step's counts
+summed over processes) raises `RewardError`.
 """
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ class RewardFunction:
     ``RewardFunction(fn_or_spec, name=None, timeout_s=10.0, kwargs={...})``; calling it as
     ``rf(completion, problem)`` returns a float. `timeouts` counts timed-out calls over
     the object's life; `max_timeout_fraction` (None: no limit) is the largest fraction of
-    one `compute_rewards(..., check_timeouts=True)` call's samples that may time out. The time limit uses SIGALRM via
+    a step's calls that may time out (`check_timeout_fractions`). The time limit uses SIGALRM via
     ``setitimer`` in the main thread (the call is interrupted) and a daemon thread joined
     with a timeout elsewhere (the call is abandoned, not killed: it keeps running in the
     background, so rewards that must stop promptly should also bound themselves).
@@ -256,15 +257,14 @@ class RewardScores(tuple):
 
 
 def check_timeout_fractions(
-    rewards: Sequence[tuple[RewardFunction, float]] | Sequence[RewardFunction],
+    rewards: Sequence[tuple[RewardFunction, float]],
     timeouts: dict[str, int],
     calls: int,
 ) -> None:
     """Raise `RewardError` if a reward with a `max_timeout_fraction` timed out on more than
     that fraction of its `calls` calls (`timeouts[name]` of them). ``rewards[i]`` in the
     message is the reward's position in `rewards` (the recipe's ``rewards`` list)."""
-    for i, item in enumerate(rewards):
-        rf = item[0] if isinstance(item, tuple) else item
+    for i, (rf, _) in enumerate(rewards):
         limit = rf.max_timeout_fraction
         n = timeouts.get(rf.name, 0)
         if limit is None or calls <= 0 or n <= limit * calls:
@@ -280,16 +280,13 @@ def compute_rewards(
     completions: Sequence[str],
     problems: Sequence[Problem],
     rewards: Sequence[tuple[RewardFunction, float]],
-    *,
-    check_timeouts: bool = False,
 ) -> RewardScores:
     """Score each (completion, problem) pair with every reward.
 
     Returns ``(totals, raw)``: ``totals[i] = sum(weight * reward(completions[i], problems[i]))``
     and ``raw[name]`` the unweighted scores of each reward, for logging; the result's
-    ``.timeouts[name]`` counts each reward's calls that timed out here. With
-    `check_timeouts` (the trainer, on a step's batch), a reward whose timed-out share
-    exceeds its `max_timeout_fraction` raises `RewardError` (see `check_timeout_fractions`).
+    ``.timeouts[name]`` counts each reward's calls that timed out here (what
+    `check_timeout_fractions` judges).
     """
     if len(completions) != len(problems):
         raise RewardError(f"{len(completions)} completions but {len(problems)} problems")
@@ -304,7 +301,5 @@ def compute_rewards(
         scores = [rf(c, p) for c, p in zip(completions, problems)]
         raw[rf.name] = scores
         timeouts[rf.name] = rf.timeouts - before
-        if check_timeouts:
-            check_timeout_fractions(rewards, {rf.name: timeouts[rf.name]}, len(completions))
         totals = [t + weight * s for t, s in zip(totals, scores)]
     return RewardScores(totals, raw, timeouts)
