@@ -162,23 +162,19 @@ def train_sft(cfg, log=print) -> dict:
     loss (`sft.loss`: sft or otr) instead of rollouts."""
     from pathlib import Path
 
-    from .config import dump_config
     from .logger import MetricsLogger, plot_rewards
-    from .run_dir import claim_output_dir
     from .tracking import finish_trackers
-    from .trainer import build_run, check_run_dir, evaluate, tracker_sink
+    from .trainer import build_run, check_run_dir, claim_run, evaluate, tracker_sink
 
     out = Path(cfg.train.output_dir)
     if cfg.train.resume_from:
         raise ValueError("train.resume_from: `rlreason sft` does not resume; start it again")
     run_id, _ = check_run_dir(cfg)
     run = build_run(cfg, log=log)
-    if run.accelerator.is_main_process:
-        claim_output_dir(out, run_id, overwrite=cfg.train.overwrite_output_dir, resuming=False)
-        dump_config(cfg, out / "config.yaml")
     missing = [p.id for p in run.train_data.problems if not (p.solution or p.answer)]
     if missing:
         raise ValueError(f"sft: problems without a target (data.solution_key): {missing[:3]}")
+    claim_run(run, run_id, resuming=False)
     logger = MetricsLogger(out, cfg.train.max_steps, log_every=cfg.train.log_every,
                            enabled=run.accelerator.is_main_process, sink=tracker_sink(run))
     log(f"sft ({cfg.sft.loss}) on {len(run.train_data.problems)} examples: "

@@ -493,6 +493,17 @@ def check_run_dir(cfg: RecipeConfig) -> tuple[str, Path | None]:
                             checkpoint_run_id=ckpt_id), ckpt
 
 
+def claim_run(run: Run, run_id: str, *, resuming: bool) -> None:
+    """Once the run is built (the recipe validated): make train.output_dir this run's and
+    write its config.yaml (main process); every rank then knows the run id."""
+    cfg, out = run.cfg, Path(run.cfg.train.output_dir)
+    if run.accelerator.is_main_process:
+        claim_output_dir(out, run_id, overwrite=cfg.train.overwrite_output_dir, resuming=resuming)
+        dump_config(cfg, out / "config.yaml")
+    run.accelerator.wait_for_everyone()
+    run.extra["run_id"] = read_run_id(out) or ""
+
+
 def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     from accelerate import Accelerator
 
@@ -601,12 +612,7 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
     out = Path(cfg.train.output_dir)
     run_id, ckpt = check_run_dir(cfg)  # nothing is written before the recipe has proved usable
     run = build_run(cfg, log=log)
-    if run.accelerator.is_main_process:
-        claim_output_dir(out, run_id, overwrite=cfg.train.overwrite_output_dir,
-                         resuming=ckpt is not None)
-        dump_config(cfg, out / "config.yaml")
-    run.accelerator.wait_for_everyone()
-    run.extra["run_id"] = read_run_id(out) or ""
+    claim_run(run, run_id, resuming=ckpt is not None)
     state: dict[str, Any] = {}
     if ckpt is not None:
         state, rng = load_checkpoint(ckpt, model=run.policy, optimizer=run.optimizer,
