@@ -442,7 +442,7 @@ def _parse_value(text: str) -> Any:
 RECIPE_FILE_FIELDS = ("data.source", "data.eval_source", "past.source_data.source",
                       "past.source_data.eval_source", "past.target_data.source",
                       "past.target_data.eval_source", "guidance.hardness_file")
-DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")  # local data files (recipes, suites, cards)
 
 
 def resolve_recipe_paths(data: dict[str, Any], recipe: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .config import DATA_FILE_SUFFIXES
 from .logger import read_metrics
 
 
@@ -20,7 +21,7 @@ def _dataset_name(source: str | None) -> str | None:
     """A hub dataset id as the hub names it; a local file by its file name."""
     if not source or source == "synthetic":
         return None
-    if Path(source).suffix.lower() in (".jsonl", ".json", ".parquet"):
+    if Path(source).suffix.lower() in DATA_FILE_SUFFIXES:
         return Path(source).name
     return source.split(":")[0]
 

@@ -30,6 +30,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from rlreason.config import DATA_FILE_SUFFIXES as DATA_SUFFIXES
 from rlreason.config import RowFields
 from rlreason.data.loaders import DataError, FieldMap, load_problems
 from rlreason.types import Problem
@@ -46,7 +47,6 @@ __all__ = [
     "suites_dir",
 ]
 
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 SUITE_SUFFIXES = (".yaml", ".yml")
 # data_file_suite argument -> the `rlreason eval` flag that sets it (for error messages)
 _FLAGS = {"prompt_key": "--problem-key", "answer_key": "--answer-key", "id_key": "--id-key",
