@@ -1,192 +1,242 @@
-"""POPE in miniature: does guidance on never-solved problems transfer to the bare problem?
+"""POPE in miniature, under the protocol of evaluation/README.md: does guidance on problems
+plain GRPO never solves transfer to the bare problem?
 
-A tiny Llama is warm-started on 2-digit additions whose lowest column never carries
-(answer digits least-significant first; carries out of the tens column do occur, so it
-knows "digit mod 10, then a carry digit"). Additions whose only carry is out of the units
-column are the hard set: it never solves one (0 of 8 samples on every problem), since it
-has never added a carry into the tens digit. Three arms with the same RL compute (steps x
-prompts x generations), 3 seeds each:
-  (a) plain GRPO on the hard set,
-  (b) GRPO on all 2-digit additions (hard + easy mixed, 16% of them hard),
-  (c) GRPO on the hard set with POPE guidance (oracle-prefix hints on hard problems,
-      guided and unguided prompts 1:1).
-Each final policy is evaluated unguided on 128 held-out hard problems: pass@1 and
-pass@8 (8 samples, temperature 1), and greedy accuracy. (A first design, warm-start with
-no carries at all and every carry problem as the hard set, left all three arms at 0: there
-the hint supplied exactly the step the bare problem could not take, the units digit of
-an overflowing column, so nothing learned under guidance was usable without it.)
+A tiny Llama is warm-started on additions whose lowest column never carries (answer digits
+least-significant first). Additions whose only carry is out of the units column are the
+hard set. Arms, all from the seed's own warm start, 32 prompts x 8 completions, DAPO, beta 0:
+  pope             GRPO on the hard set with guidance (twins, probe_k 8, ladder [0.5], prefill)
+  plain_hard       GRPO on the hard set
+  mixed_easy_hard  GRPO on all additions of the level (hard and easy mixed)
+The two unguided arms get the extra steps that match pope's probe samples. The learning rate
+of each arm is tuned on a validation hard set with the tuning seeds; the test hard set is
+scored once, on seeds 0-7, unguided: pass@1 (primary), pass@8, greedy.
 
-    python evaluation/pope_synthetic.py            # ~10 min on 2 cores
-    python evaluation/pope_synthetic.py --quick    # 1 seed, fewer steps (smoke test)
+Gate: plain GRPO at every grid learning rate on the tuning seeds must score pass@8 = 0 on
+validation and reward 0 at every training step; else the 3-digit fallback replaces the task.
 
-Writes evaluation/results/pope_synthetic.json and pope_synthetic.png.
+    python evaluation/pope_synthetic.py                 # the protocol (see README for time)
+    python evaluation/pope_synthetic.py --cut 3         # with the pre-declared cuts 1-3
+    python evaluation/pope_synthetic.py --quick         # 1 tuning seed, 1 test seed, 60 steps
+
+Writes evaluation/results/pope_synthetic.json.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+import protocol as P
 
-COMMON = [  # reruns replace the previous run's folders (train.overwrite_output_dir)
-    "train.overwrite_output_dir=true", "model.name_or_path=tiny", "model.tiny.warmstart_data={carries: not_units}",
-    "model.tiny.warmstart_steps=1500", "data.synthetic.difficulty=2",
-    "rewards=[{name: exact_match}]", "rollout.max_completion_length=8",
-    "algo.num_generations=8", "algo.beta=0.0", "algo.loss_type=dapo",
-    "train.prompts_per_step=32", "train.micro_batch_size=256", "train.learning_rate=2e-4",
+COMMON = [
+    "train.overwrite_output_dir=true", "model.name_or_path=tiny", "model.tiny.warmstart_steps=1500",
+    "model.tiny.warmstart_data={carries: not_units}", "rewards=[{name: exact_match}]",
+    "rollout.max_completion_length=8", "algo.num_generations=8", "algo.beta=0.0",
+    "algo.loss_type=dapo", "train.prompts_per_step=32", "train.micro_batch_size=256",
     "train.warmup_steps=5", "train.plot=false", "eval.num_problems=0",
     "data.synthetic.num_train=512", "data.synthetic.num_eval=0",
 ]
+PROMPTS, GENERATIONS = 32, 8
+GUIDANCE = ["guidance.enabled=true", "guidance.batch=twins", "guidance.probe_k=8",
+            "guidance.ladder=[0.5]", "guidance.style=prefill"]
 ARMS = {
+    "pope": ["data.synthetic.carries=units_only", *GUIDANCE],
     "plain_hard": ["data.synthetic.carries=units_only"],
     "mixed_easy_hard": ["data.synthetic.carries=any"],
-    # answers are 2 characters: the hint is the first one (the units digit)
-    "pope": ["data.synthetic.carries=units_only", "guidance.enabled=true", "guidance.probe_k=8",
-             "guidance.ladder=[0.5]", "guidance.guided_ratio=0.5",
-             # the protocol as it ran (results/pope_synthetic.json): the batch mixing and the
-             # hint form of that time; the paper's twins/instruct defaults came later
-             "guidance.batch=mixed", "guidance.style=prefill"],
 }
+TASKS = {"2digit": 2, "3digit": 3}  # the protocol's task, then its pre-declared fallback
+LR_GRID = [2e-4, 5e-4]
+STEPS, STEPS_FLOOR = 400, 250
+N_VAL, N_TEST = 128, 128
 
 
-HELD_OUT = "128 2-digit additions whose only carry is out of the units"
+def task_overrides(task: str) -> list[str]:
+    return [f"data.synthetic.difficulty={TASKS[task]}"]
 
 
-def held_out(n: int = 128):
-    """Hard problems that no arm trains on."""
+def splits(task: str):
+    """(validation, test) hard problems, disjoint from every arm's training set and from
+    each other; the same for every seed (data.synthetic.seed is fixed)."""
     from rlreason.config import load_config
     from rlreason.data.synthetic import synthetic_problems, synthetic_splits
 
     seen = set()
     for extra in ARMS.values():
-        train, _ = synthetic_splits(load_config(None, [*COMMON, *extra]).data.synthetic)
+        train, _ = synthetic_splits(load_config(None, [*COMMON, *task_overrides(task), *extra]).data.synthetic)
         seen |= {p.prompt for p in train}
-    return synthetic_problems("addition", n, 2, seed=999, split="pope-heldout",
-                              carries="units_only", exclude=seen)
+    d = TASKS[task]
+    val = synthetic_problems("addition", N_VAL, d, seed=0, split="val-pope", carries="units_only",
+                             exclude=seen)
+    test = synthetic_problems("addition", N_TEST, d, seed=0, split="test-pope",
+                              carries="units_only", exclude=seen | {p.prompt for p in val})
+    return val, test
 
 
-def evaluate(model_dir: Path, problems, seed: int) -> dict[str, float]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlreason.evaluation.grading import Grader
-    from rlreason.evaluation.runner import evaluate_problems
-    from rlreason.rollout.hf import HFEngine
-    from rlreason.types import SamplingParams
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    engine = HFEngine(model, tok, seed=seed)
-    encode = lambda p: tok(p.prompt, add_special_tokens=False)["input_ids"]  # noqa: E731
-    grader = Grader("exact_match")
-    sampled = evaluate_problems(engine, tok, problems, encode, n=8, grader=grader, ks=[1, 8],
-                                sampling=SamplingParams(temperature=1.0, max_tokens=8, seed=seed))
-    greedy = evaluate_problems(engine, tok, problems, encode, n=1, grader=grader,
-                               sampling=SamplingParams(temperature=0.0, max_tokens=8))
-    return {"pass@1": sampled.metrics["pass@1"], "pass@8": sampled.metrics["pass@8"],
-            "greedy": greedy.metrics["pass@1"]}
+def extra_steps(probe_samples: int) -> int:
+    """Steps that give an unguided arm the samples pope spent on probes and hint rungs."""
+    return math.ceil(probe_samples / (PROMPTS * GENERATIONS))
 
 
-def run_arm(arm: str, seed: int, steps: int, out: Path, lr: float | None = None) -> dict:
+# the most pope can spend before training: every problem probed, every one hard, one rung
+MAX_PROBE_SAMPLES = 512 * (8 + 4)
+
+
+def run(task: str, arm: str, seed: int, lr: float, steps: int, work: Path, problems,
+        phase: str) -> dict:
     from rlreason.config import load_config
     from rlreason.logger import read_metrics
     from rlreason.trainer import train
 
-    run_dir = out / f"{arm}-seed{seed}"
-    cfg = load_config(None, [*COMMON, *ARMS[arm], f"train.max_steps={steps}",
-                             f"train.seed={seed}", f"train.output_dir={run_dir}",
-                             *([f"train.learning_rate={lr}"] if lr else [])])
-    t0 = time.time()
-    train(cfg, log=lambda s: print(f"  [{arm} seed {seed}] {s}", file=sys.stderr))
+    run_dir = work / task / phase / f"{arm}-lr{lr:g}-seed{seed}"
+    cfg = load_config(None, [*COMMON, *task_overrides(task), *ARMS[arm], f"train.max_steps={steps}",
+                             f"train.seed={seed}", f"model.tiny.seed={seed}",
+                             f"train.learning_rate={lr}", f"train.output_dir={run_dir}"])
+    tag = f"{phase} {task} {arm} lr {lr:g} seed {seed}"
+    clock = P.Clock()
+    train(cfg, log=P.log_to_stderr(tag))
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "reward" in r]
-    result = {"arm": arm, "seed": seed, "train_time_s": round(time.time() - t0, 1),
-              "train_reward_first10": statistics.fmean(r["reward"] for r in rows[:10]),
-              "train_reward_last10": statistics.fmean(r["reward"] for r in rows[-10:])}
+    out = {"arm": arm, "seed": seed, "lr": lr, "task": task, "train_time_s": clock.total(),
+           "compute": P.rl_compute(run_dir, PROMPTS, GENERATIONS),
+           "train_reward_max": max(r["reward"] for r in rows),
+           "train_reward_first10": statistics.fmean(r["reward"] for r in rows[:10]),
+           "train_reward_last10": statistics.fmean(r["reward"] for r in rows[-10:]),
+           **P.evaluate(run_dir / "final", problems, seed)}
     if arm == "pope":
-        verdicts = json.loads((run_dir / "hardness.json").read_text())
-        result["hard_problems"] = sum(v["hard"] for v in verdicts.values())
-        result["probed"] = len(verdicts)
-        result["solved_unguided_in_training"] = rows[-1].get("guided/solved_unguided")
-        result["guided_reward_last10"] = statistics.fmean(
-            r["guided/reward"] for r in rows[-10:] if r.get("guided/reward") is not None)
-    result.update(evaluate(run_dir / "final", held_out(), seed))
-    return result
+        out["solved_unguided_in_training"] = rows[-1].get("guided/solved_unguided")
+        guided = [r["guided/reward"] for r in rows[-10:] if r.get("guided/reward") is not None]
+        out["guided_reward_last10"] = statistics.fmean(guided) if guided else None
+    print(f"[{tag}] pass@1 {out['pass@1']:.3f} pass@8 {out['pass@8']:.3f} "
+          f"greedy {out['greedy']:.3f} reward max {out['train_reward_max']:.3f} "
+          f"({out['train_time_s']:.0f} s)", file=sys.stderr, flush=True)
+    return out
 
 
-def plot(summary: dict, path: Path) -> None:
-    """Bars: mean over seeds; dots: each seed (outcomes are bimodal, so no std bars)."""
-    import matplotlib
+def warm_start(task: str, seed: int) -> Path:
+    from rlreason.config import load_config
+    from rlreason.models import resolve_model_path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arms = list(summary)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for j, metric in enumerate(["pass@1", "pass@8"]):
-        xs = [i + 0.38 * j for i in range(len(arms))]
-        ax.bar(xs, [summary[a][metric]["mean"] for a in arms], 0.38, label=metric, alpha=0.8)
-        for x, a in zip(xs, arms):
-            seeds = summary[a][metric]["per_seed"]
-            ax.plot([x] * len(seeds), seeds, "k.", markersize=6)
-    ax.set_xticks([i + 0.19 for i in range(len(arms))], arms)
-    ax.set_ylabel("unguided accuracy, held-out hard")
-    ax.set_ylim(0, 1.05)
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    cfg = load_config(None, [*COMMON, *task_overrides(task), f"model.tiny.seed={seed}"])
+    return Path(resolve_model_path(cfg.model, cfg.data.synthetic,
+                                   log=P.log_to_stderr(f"warm start {task} seed {seed}")))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--quick", action="store_true", help="1 seed, 60 steps")
-    ap.add_argument("--replot", action="store_true", help="only redraw the plot from --out")
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    ap.add_argument("--lr", type=float, default=None, help="override train.learning_rate")
+    ap.add_argument("--cut", type=int, default=0, choices=[0, 1, 2, 3],
+                    help="apply the protocol's pre-declared cuts 1..N")
+    ap.add_argument("--step-factor", type=float, default=1.0, help="cut 3's factor")
+    ap.add_argument("--quick", action="store_true", help="smoke test: not the protocol")
     ap.add_argument("--work", default="runs/pope_synthetic")
-    ap.add_argument("--out", default=str(HERE / "results" / "pope_synthetic.json"))
+    ap.add_argument("--out", default=str(P.HERE / "results" / "pope_synthetic.json"))
     args = ap.parse_args()
-    if args.replot:
-        plot(json.loads(Path(args.out).read_text())["summary"], Path(args.out).with_suffix(".png"))
-        return
+    clock = P.Clock()
+    tuning_seeds, grids, steps = P.apply_cuts(args.cut, P.TUNING_SEEDS, {"lr": LR_GRID},
+                                              {"rl": STEPS}, args.step_factor, {"rl": STEPS_FLOOR})
+    test_seeds = list(P.TEST_SEEDS)
+    steps = steps["rl"]
     if args.quick:
-        args.seeds, args.steps = [0], 60
+        tuning_seeds, test_seeds, steps = tuning_seeds[:1], [0], 60
     work = Path(args.work)
-    baseline = {"arm": "warm-start (no RL)"}
-    results = []
-    for seed in args.seeds:
-        for arm in args.arms:
-            r = run_arm(arm, seed, args.steps, work, args.lr)
-            print(json.dumps(r), flush=True)
-            results.append(r)
-    from rlreason.config import load_config
-    from rlreason.models import resolve_model_path
+    lrs = grids["lr"]
+    base_extra = extra_steps(MAX_PROBE_SAMPLES)
 
-    cfg = load_config(None, COMMON)
-    baseline.update(evaluate(Path(resolve_model_path(cfg.model, cfg.data.synthetic)), held_out(),
-                             0))
-    summary = {}
-    for arm in args.arms:
-        rows = [r for r in results if r["arm"] == arm]
-        summary[arm] = {m: {"mean": statistics.fmean(r[m] for r in rows),
-                            "std": statistics.pstdev(r[m] for r in rows),
-                            "per_seed": [r[m] for r in rows]}
-                        for m in ("pass@1", "pass@8", "greedy")}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"setup": {"common": COMMON, "arms": ARMS, "steps": args.steps,
-                                         "seeds": args.seeds, "held_out": HELD_OUT},
-                               "warm_start_only": baseline, "summary": summary,
-                               "runs": results}, indent=1))
-    plot(summary, out.with_suffix(".png"))
-    print(json.dumps({"warm_start_only": baseline, "summary": {
-        a: {m: round(v["mean"], 3) for m, v in s.items()} for a, s in summary.items()}}, indent=1))
+    # ---- gate: plain GRPO never solves the hard set. Its runs are plain_hard's tuning runs;
+    # in tuning every unguided arm gets the most extra steps pope's probes can need.
+    gate: dict = {}
+    gate_runs: dict = {}
+    for task in TASKS:
+        val, _ = splits(task)
+        gate_runs[task] = {}
+        failed = False
+        for lr in lrs:
+            for s in tuning_seeds:
+                r = run(task, "plain_hard", s, lr, steps + base_extra, work, val, "tune")
+                gate_runs[task][(lr, s)] = r
+                failed = r["pass@8"] > 0 or r["train_reward_max"] > 0
+                if failed:
+                    break  # the gate is a conjunction: one failure decides it
+            if failed:
+                break
+        gate[task] = {"passed": not failed, "runs": [
+            {k: r[k] for k in ("lr", "seed", "pass@8", "train_reward_max")} for r in gate_runs[task].values()]}
+        print(f"gate {task}: {'passed' if not failed else 'failed'} {gate[task]['runs']}",
+              file=sys.stderr, flush=True)
+        if not failed:
+            break
+    clock.lap("gate")
+    task = next((t for t, g in gate.items() if g["passed"]), None)
+    if task is None:
+        task = list(TASKS)[-1]
+        gate["note"] = ("neither task passed the gate; the protocol's fallback task is run and the "
+                        "claims are reported with this caveat")
+    val, test = splits(task)
+
+    # ---- tuning: every arm, every grid lr, every tuning seed, on validation
+    tuning: dict = {arm: {} for arm in ARMS}
+    for lr in lrs:
+        for s in tuning_seeds:
+            tuning["pope"][(lr, s)] = run(task, "pope", s, lr, steps, work, val, "tune")
+            tuning["plain_hard"][(lr, s)] = gate_runs[task].get((lr, s)) or run(
+                task, "plain_hard", s, lr, steps + base_extra, work, val, "tune")
+            tuning["mixed_easy_hard"][(lr, s)] = run(task, "mixed_easy_hard", s, lr,
+                                                     steps + base_extra, work, val, "tune")
+    picks, validation = {}, {}
+    for arm in ARMS:
+        scores = {i: [tuning[arm][(lr, s)]["pass@1"] for s in tuning_seeds] for i, lr in enumerate(lrs)}
+        best, means = P.pick(lrs, scores)
+        picks[arm] = {"train.learning_rate": lrs[best]}
+        validation[arm] = [{"train.learning_rate": lr, "val_pass@1_by_seed": scores[i],
+                            "val_pass@1_mean": means[i]} for i, lr in enumerate(lrs)]
+    clock.lap("tuning")
+    print(f"picks: {picks}", file=sys.stderr, flush=True)
+
+    # ---- test: the picked configuration of each arm, seeds 0-7, scored once
+    results: dict = {}
+    runs_out = []
+    for s in test_seeds:
+        warm = P.evaluate(warm_start(task, s), test, s)
+        pope = run(task, "pope", s, picks["pope"]["train.learning_rate"], steps, work, test, "test")
+        extra = extra_steps(pope["compute"]["samples_probes"])
+        results[s] = {"pope": pope}
+        for arm in ("plain_hard", "mixed_easy_hard"):
+            results[s][arm] = run(task, arm, s, picks[arm]["train.learning_rate"], steps + extra,
+                                  work, test, "test")
+        results[s]["warm_start_only"] = warm
+        runs_out += [results[s][a] for a in ARMS]
+        runs_out.append({"arm": "warm_start_only", "seed": s, **warm})
+    clock.lap("test")
+
+    metric = lambda r: r["pass@1"]  # noqa: E732
+    claims = [P.claim("POPE beats plain GRPO on the hard set", "test hard-set pass@1 (unguided)",
+                      "pope", "plain_hard", results, metric),
+              P.claim("POPE beats easy+hard mixing", "test hard-set pass@1 (unguided)",
+                      "pope", "mixed_easy_hard", results, metric)]
+    protocol = {
+        "written": "evaluation/README.md (POPE section), fixed before these runs",
+        "task": {"name": task, "digits": TASKS[task], "hard_set": "carries units_only",
+                 "warm_start": "carries not_units, 1500 supervised steps",
+                 "n_train": 512, "n_val": N_VAL, "n_test": N_TEST},
+        "gate": gate, "cut_level": args.cut, "step_factor": args.step_factor if args.cut >= 3 else 1.0,
+        "quick": args.quick, "seeds": test_seeds, "tuning_seeds": tuning_seeds,
+        "steps": {arm: {"base": steps, "extra_for_probes": arm != "pope"} for arm in ARMS},
+        "per_arm": {arm: P.sum_compute([results[s][arm]["compute"] for s in results]) for arm in ARMS},
+        "tuning_compute": {arm: P.sum_compute([r["compute"] for r in tuning[arm].values()]) for arm in ARMS},
+        "picked_hyperparameters": picks, "validation_scores": validation,
+        "eval": f"{P.EVAL_SAMPLES} samples at temperature 1 + 1 greedy, max_tokens {P.MAX_TOKENS}",
+        "wall_time_s": {**clock.laps, "total": clock.total()}, "cpu": P.cpu(),
+        "common_overrides": COMMON, "arm_overrides": ARMS,
+    }
+    P.write_results(Path(args.out), {
+        "claims": claims, "protocol": protocol,
+        "summary": P.summary(results, ["pass@1", "pass@8", "greedy"]), "runs": runs_out})
+    for c in claims:
+        if c.get("verdict") is None:
+            print(f"{c['claim']}: {c.get('note')}")
+            continue
+        print(f"{c['claim']}: diff {c['diff_mean']:+.3f} ci95 [{c['ci95'][0]:+.3f}, "
+              f"{c['ci95'][1]:+.3f}] -> {c['verdict']}")
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def sft_step(run, cfg) -> dict[str, float]:
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     dt = time.perf_counter() - t0
-    sums.update({"step_time_s": dt, "tokens_per_s": n_total / dt,
+    sums.update({"step_time_s": dt, "tokens_per_s": n_total / dt, "target_tokens": n_total,
                  "lr": run.scheduler.get_last_lr()[0]})
     return sums
 

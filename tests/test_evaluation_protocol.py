@@ -1,0 +1,84 @@
+"""The experiments' shared protocol code (evaluation/protocol.py): the tuning pick, the
+pre-declared cuts, the compute counts read from a run folder, and the splits' disjointness."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation"))
+
+import protocol as P  # noqa: E402
+
+
+def test_pick_takes_the_best_mean_and_the_first_entry_on_a_tie():
+    best, means = P.pick(["a", "b", "c"], {0: [0.1, 0.3], 1: [0.4, 0.2], 2: [0.0, 0.5]})
+    assert best == 1 and means == pytest.approx([0.2, 0.3, 0.25])
+    best, _ = P.pick(["a", "b"], {0: [0.5, 0.5], 1: [0.25, 0.75]})
+    assert best == 0
+
+
+def test_cuts_apply_in_the_declared_order_and_respect_the_floors():
+    grids = {"lr": [1, 2, 3, 4]}
+    assert P.apply_cuts(0, (100, 101), grids, {"rl": 400}, 0.5, {"rl": 250}) == (
+        [100, 101], {"lr": [1, 2, 3, 4]}, {"rl": 400})
+    assert P.apply_cuts(1, (100, 101), grids, {"rl": 400}, 0.5, {"rl": 250})[0] == [100]
+    assert P.apply_cuts(2, (100, 101), grids, {"rl": 400}, 0.5, {"rl": 250})[1] == {"lr": [1, 2]}
+    assert P.apply_cuts(2, (100, 101), grids, {"rl": 400}, 0.5, {"rl": 250})[2] == {"rl": 400}
+    assert P.apply_cuts(3, (100, 101), grids, {"rl": 400}, 0.5, {"rl": 250})[2] == {"rl": 250}
+    assert P.apply_cuts(3, (100, 101), grids, {"rl": 400}, 0.8, {"rl": 250})[2] == {"rl": 320}
+
+
+def _metrics(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_rl_compute_counts_training_and_probe_samples(tmp_path):
+    _metrics(tmp_path / "metrics.jsonl", [{"step": 1, "reward": 0.0, "completion_length": 3.0},
+                                          {"step": 2, "reward": 0.5, "completion_length": 2.0}])
+    (tmp_path / "config.yaml").write_text("guidance:\n  probe_samples: 4\n  ladder: [0.5]\n")
+    (tmp_path / "hardness.json").write_text(json.dumps({
+        "p1": {"hard": True, "k": 8, "hint_works": True}, "p2": {"hard": False, "k": 8},
+        "p3": {"hard": True, "k": 8, "hint_works": False}}))
+    c = P.rl_compute(tmp_path, prompts_per_step=2, generations=4)
+    # 2 steps x 8 samples; tokens 3*8 + 2*8; probes 3 problems x 8, plus 2 hard x 4 on one rung
+    assert c["steps"] == 2 and c["samples_training"] == 16 and c["tokens"] == 40
+    assert c["samples_probes"] == 24 + 8 and c["samples"] == 16 + 32
+    assert c["hard_problems"] == 2 and c["hints_that_work"] == 1
+
+
+def test_sft_compute_and_sums(tmp_path):
+    _metrics(tmp_path / "metrics.jsonl", [
+        {"step": i, "loss": 1.0, "step_time_s": t, "target_tokens": 100} for i, t in [(1, 0.2), (2, 0.4), (3, 0.3)]])
+    c = P.sft_compute(tmp_path, examples_per_step=64)
+    assert c == {"steps": 3, "examples": 192, "median_step_s": 0.3, "tokens": 300}
+    assert P.sum_compute([c, c]) == {"examples": 384, "steps": 6, "tokens": 600}
+    assert P.sum_compute([{"tokens": None, "steps": 1}, {"tokens": 5, "steps": 1}]) == {"steps": 2, "tokens": None}
+
+
+@pytest.mark.parametrize("script", ["pope_synthetic", "otr_synthetic", "past_synthetic"])
+def test_validation_and_test_sets_are_disjoint_from_training_and_each_other(script):
+    mod = __import__(script)
+    from rlreason.config import load_config
+    from rlreason.data.synthetic import synthetic_splits
+
+    def train_set(overrides):
+        return {p.prompt for p in synthetic_splits(load_config(None, overrides).data.synthetic)[0]}
+
+    if script == "pope_synthetic":
+        task = "3digit"
+        seen = set().union(*(train_set([*mod.COMMON, *mod.task_overrides(task), *arm])
+                             for arm in mod.ARMS.values()))
+        pairs = [mod.splits(task)]
+    elif script == "otr_synthetic":
+        seen = mod.train_prompts()
+        pairs = mod.eval_sets().values()
+    else:
+        seen = train_set(mod.TARGET)
+        pairs = [mod.eval_sets()]
+    for val, test in pairs:
+        v, t = {p.prompt for p in val}, {p.prompt for p in test}
+        assert len(v) == len(val) and len(t) == len(test)
+        assert not v & t and not v & seen and not t & seen
