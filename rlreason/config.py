@@ -369,6 +369,12 @@ class TrainConfig(_Section):
         default_factory=list, description="Experiment trackers that also get every metrics.jsonl row "
         "(accelerate's trackers; TensorBoard/trackio files under output_dir)."
     )
+    push_to_hub: bool = Field(
+        False, description="Upload final/ (model card included) to train.hub_model_id at the end; the Hub, "
+        "the token and the id are checked before training starts."
+    )
+    hub_model_id: str | None = Field(None, description="Hub repo 'owner/name' for push_to_hub.")
+    hub_private: bool = Field(True, description="Create the Hub repo private (push_to_hub).")
     plot: bool = Field(True, description="Write reward_curve.png at the end.")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's).")
     use_cpu: bool = Field(False, description="Train on the CPU even where a GPU is visible (TRL's use_cpu).")

@@ -162,21 +162,23 @@ def train_sft(cfg, log=print) -> dict:
     loss (`sft.loss`: sft or otr) instead of rollouts."""
     from pathlib import Path
 
+    from .hub import check_push
     from .logger import MetricsLogger, plot_rewards
     from .tracking import finish_trackers
-    from .trainer import build_run, check_run_dir, claim_run, evaluate, tracker_sink
+    from .trainer import build_run, check_run_dir, claim_run, evaluate, export_final, tracker_sink
 
     out = Path(cfg.train.output_dir)
     if cfg.train.resume_from:
         raise ValueError("train.resume_from: `rlreason sft` does not resume; start it again")
+    check_push(cfg.train)
     run_id, _ = check_run_dir(cfg)
     run = build_run(cfg, log=log)
     missing = [p.id for p in run.train_data.problems if not (p.solution or p.answer)]
     if missing:
         raise ValueError(f"sft: problems without a target (data.solution_key): {missing[:3]}")
     claim_run(run, run_id, resuming=False)
-    logger = MetricsLogger(out, cfg.train.max_steps, log_every=cfg.train.log_every,
-                           enabled=run.accelerator.is_main_process, sink=tracker_sink(run))
+    logger = run.logger = MetricsLogger(out, cfg.train.max_steps, log_every=cfg.train.log_every,
+                                        enabled=run.accelerator.is_main_process, sink=tracker_sink(run))
     log(f"sft ({cfg.sft.loss}) on {len(run.train_data.problems)} examples: "
         f"{cfg.train.max_steps} steps x {cfg.train.prompts_per_step}")
     if run.eval_problems:
@@ -188,8 +190,8 @@ def train_sft(cfg, log=print) -> dict:
             run.weights_stale = True
             row.update(evaluate(run))
         logger.log(row)
-    run.policy.save_pretrained(out / "final")
-    run.tokenizer.save_pretrained(out / "final")
+        run.step = step
+    export_final(run, out / "final")  # weights, tokenizer, model card; pushed if asked
     if cfg.train.plot:
         plot_rewards(out / "metrics.jsonl", out / "reward_curve.png")
     logger.message(f"done: metrics in {out / 'metrics.jsonl'}, model in {out / 'final'}")

@@ -21,6 +21,7 @@ from .batching import PACKABLE_ATTENTION, Sequence, collate, completion_logprobs
 from .checkpoint import checkpoint_run_id, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import RecipeConfig, dump_config
 from .data.stream import ProblemStream
+from .hub import check_push, push_final
 from .logger import MetricsLogger, plot_rewards
 from .rewards import RewardFunction, check_timeout_fractions, compute_rewards
 from .rollout.engine import make_engine
@@ -595,6 +596,8 @@ def export_final(run: Run, folder: Path) -> None:
         from .model_card import write_model_card
 
         write_model_card(run.cfg, folder, Path(run.cfg.train.output_dir) / "metrics.jsonl")
+        if run.cfg.train.push_to_hub:
+            push_final(run.cfg.train, folder, step=run.step, log=run.logger.message if run.logger else print)
 
 
 def tracker_sink(run: Run):
@@ -610,6 +613,7 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
           stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) a recipe; `stop_after` ends early after that many steps (tests)."""
     out = Path(cfg.train.output_dir)
+    check_push(cfg.train)  # an upload that cannot happen fails now, not after training
     run_id, ckpt = check_run_dir(cfg)  # nothing is written before the recipe has proved usable
     run = build_run(cfg, log=log)
     claim_run(run, run_id, resuming=ckpt is not None)
