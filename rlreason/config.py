@@ -156,6 +156,14 @@ class RewardSpec(_Section):
     max_timeout_fraction: float = Field(
         0.5, ge=0, le=1, description="Stop the run when more than this fraction of the reward's calls "
         "in one step time out (each scores 0.0); 1 never stops.")
+    api: Literal["auto", "rlreason", "trl"] = Field(
+        "auto", description="Calling convention: rlreason's fn(completion, problem, **kwargs), or TRL "
+        "GRPOTrainer's fn(prompts, completions, **columns) -> list; auto: trl for 'trl:NAME' (trl.rewards)."
+    )
+    trl_completions: Literal["messages", "text"] = Field(
+        "messages", description="api trl: completions as one-message lists (TRL's conversational form, "
+        "what trl.rewards index) or plain strings."
+    )
 
 
 class RolloutConfig(_Section):

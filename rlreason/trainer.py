@@ -524,7 +524,8 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     if cfg.algo.num_generations < 2:
         raise ValueError("algo.num_generations must be >= 2 (advantages compare a group)")
     rewards = [(RewardFunction(r.name, timeout_s=r.timeout_s, kwargs=r.kwargs,
-                               max_timeout_fraction=r.max_timeout_fraction), r.weight)
+                               max_timeout_fraction=r.max_timeout_fraction, api=r.api,
+                               trl_completions=r.trl_completions), r.weight)
                for r in cfg.rewards]
     if not rewards:
         raise ValueError("rewards: at least one reward is needed, e.g. [{name: math}]")

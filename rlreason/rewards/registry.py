@@ -141,14 +141,30 @@ class RewardFunction:
         timeout_s: float | None = 10.0,
         kwargs: dict[str, Any] | None = None,
         max_timeout_fraction: float | None = None,
+        api: str = "auto",
+        trl_completions: str = "messages",
     ) -> None:
-        if isinstance(fn, str):
-            name = name or fn
-            fn = resolve_reward(fn)
+        from rlreason.rewards.trl_compat import TRL_PREFIX, TRLRewardError, adapt_trl_reward, resolve_trl_builtin
+
+        kwargs = dict(kwargs or {})
+        if api not in ("auto", "rlreason", "trl"):
+            raise RewardError(f"rewards[].api: {api!r}; expected 'auto', 'rlreason' or 'trl'")
+        try:
+            if isinstance(fn, str):
+                name = name or fn
+                if fn.startswith(TRL_PREFIX):  # TRL's own rewards, by name
+                    fn, kwargs = resolve_trl_builtin(fn, kwargs)
+                    api = "trl"
+                else:
+                    fn = resolve_reward(fn)
+            if api == "trl":  # written for TRL's GRPOTrainer: called on a batch of one
+                fn = adapt_trl_reward(fn, name or getattr(fn, "__name__", repr(fn)), trl_completions)
+        except TRLRewardError as e:
+            raise RewardError(str(e)) from e
         self.fn = fn
         self.name = name or getattr(fn, "__name__", repr(fn))
         self.timeout_s = timeout_s
-        self.kwargs = dict(kwargs or {})
+        self.kwargs = kwargs
         self.max_timeout_fraction = max_timeout_fraction
         self.timeouts = 0
 
