@@ -110,6 +110,18 @@ class SyntheticConfig(_Section):
     seed: int = Field(1234, description="Seed of the generated problems.")
 
 
+class ReasoningGymConfig(_Section):
+    """`data.source: reasoning_gym:<task>`: how many problems, which seed, the task's config."""
+
+    size: int = Field(2000, gt=0, description="Training problems generated.")
+    eval_size: int = Field(128, ge=0, description="Held-out problems generated (another seed; not in training).")
+    seed: int = Field(1234, description="Seed of the generated problems.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="The task's own config fields (e.g. basic_arithmetic: {min_terms: 2, "
+        "max_terms: 2}); see reasoning-gym's task list."
+    )
+
+
 class RowFields(_Section):
     """Which fields of a dataset row hold what: shared by a recipe's `data` section and an
     evaluation suite's `fields` block, so both read rows the same way (data.loaders.FieldMap)."""
@@ -127,8 +139,8 @@ class RowFields(_Section):
 class DataConfig(RowFields):
     source: str = Field(
         "synthetic",
-        description="'synthetic', a local .jsonl/.parquet file, or a hub dataset id "
-        "('openai/gsm8k:main' selects the config 'main').",
+        description="'synthetic', 'reasoning_gym:<task>' (reasoning-gym's generator and scorer), a local "
+        ".jsonl/.parquet file, or a hub dataset id ('openai/gsm8k:main' selects the config 'main').",
     )
     split: str = Field("train", description="Split of a hub dataset.")
     eval_source: str | None = Field(
@@ -146,6 +158,7 @@ class DataConfig(RowFields):
     system_prompt: str | None = Field(None, description="System message for chat templates.")
     max_prompt_length: int = Field(512, gt=0, description="Prompts longer than this are dropped.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    reasoning_gym: ReasoningGymConfig = Field(default_factory=ReasoningGymConfig)
 
 
 class RewardSpec(_Section):

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, SyntheticConfig
+from .config import ModelConfig, ReasoningGymConfig, SyntheticConfig
+
+RGTask = tuple[str, ReasoningGymConfig]  # (data.source 'reasoning_gym:<task>', data.reasoning_gym)
 
 TINY_FORMAT_VERSION = 1  # bump when the tiny model or its warm-start changes meaning
 
@@ -73,15 +75,18 @@ def warmstart_synthetic(cfg: ModelConfig, synth: SyntheticConfig) -> SyntheticCo
         raise ValueError(f"model.tiny.warmstart_data: {e}") from e
 
 
-def tiny_model_path(cfg: ModelConfig, synth: SyntheticConfig) -> Path:
+def tiny_model_path(cfg: ModelConfig, synth: SyntheticConfig, rg: RGTask | None = None) -> Path:
     """Cache folder of the warm-started tiny model: a hash of everything that shapes it."""
-    ws = warmstart_synthetic(cfg, synth)
+    if rg is not None:  # warm-started on the reasoning-gym task the run trains on
+        task: dict = {"reasoning_gym": rg[0], "config": rg[1].config}
+    else:
+        ws = warmstart_synthetic(cfg, synth)
+        task = {"task": ws.task, "difficulty": ws.difficulty, "min_difficulty": ws.min_difficulty,
+                **({"carries": ws.carries} if ws.carries != "any" else {}),
+                **({"operator": ws.operator} if ws.operator != "+" else {})}
     key = json.dumps(
-        {"v": TINY_FORMAT_VERSION, "tiny": cfg.tiny.model_dump(exclude={"warmstart_data"}),
-         "task": ws.task, "difficulty": ws.difficulty, "min_difficulty": ws.min_difficulty,
-         **({"carries": ws.carries} if ws.carries != "any" else {}),
-         **({"operator": ws.operator} if ws.operator != "+" else {})},
-        sort_keys=True,
+        {"v": TINY_FORMAT_VERSION, "tiny": cfg.tiny.model_dump(exclude={"warmstart_data"}), **task},
+        sort_keys=True, default=str,
     )
     return cache_root() / f"tiny-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
@@ -107,31 +112,40 @@ def accuracy_probe(model, tokenizer, problems, seed: int):
     return probe
 
 
-def build_tiny_model(cfg: ModelConfig, synth: SyntheticConfig, path: Path, log=print) -> Path:
-    """Build, warm-start and save the tiny model at `path` (atomically); return `path`."""
+def warmstart_problems(cfg: ModelConfig, synth: SyntheticConfig, rg: RGTask | None, n: int,
+                       probe: bool = False):
+    """The tiny model's warm-start problems (or its accuracy probe's): the synthetic task's,
+    or the reasoning-gym task's, drawn with the tiny model's seed, apart from the run's splits."""
+    seed = cfg.tiny.seed
+    if rg is not None:
+        from .data.reasoning_gym import reasoning_gym_problems, task_of
+
+        return reasoning_gym_problems(task_of(rg[0]), n, seed=seed + (7 if probe else 0),
+                                      config=rg[1].config, split="warmstart")
     from .data.synthetic import synthetic_problems
+
+    ws = warmstart_synthetic(cfg, synth)
+    return synthetic_problems(ws.task, n, ws.difficulty, seed=seed, min_difficulty=ws.min_difficulty,
+                              split="warmstart-probe" if probe else "warmstart", carries=ws.carries,
+                              allow_fewer=True, operator=ws.operator)
+
+
+def build_tiny_model(cfg: ModelConfig, synth: SyntheticConfig, path: Path, log=print,
+                     rg: RGTask | None = None) -> Path:
+    """Build, warm-start and save the tiny model at `path` (atomically); return `path`."""
     from .sft import supervised_warmstart
 
     t = cfg.tiny
     tok = char_tokenizer()
     model = tiny_llama(tok, t.num_layers, t.hidden_size, t.intermediate_size, t.num_heads, t.seed)
     if t.warmstart_steps:
-        ws = warmstart_synthetic(cfg, synth)
-        pairs = [
-            (p.prompt, p.solution)
-            for p in synthetic_problems(
-                ws.task, max(4 * t.warmstart_batch_size, 4096), ws.difficulty,
-                seed=t.seed, min_difficulty=ws.min_difficulty, split="warmstart",
-                carries=ws.carries, allow_fewer=True, operator=ws.operator,
-            )
-        ]
+        pairs = [(p.prompt, p.solution)
+                 for p in warmstart_problems(cfg, synth, rg, max(4 * t.warmstart_batch_size, 4096))]
         target = t.warmstart_target_accuracy
         probe = None
         if target is not None:
-            probe = accuracy_probe(model, tok, synthetic_problems(
-                ws.task, 256, ws.difficulty, seed=t.seed, min_difficulty=ws.min_difficulty,
-                split="warmstart-probe", carries=ws.carries, allow_fewer=True, operator=ws.operator),
-                seed=t.seed)
+            probe = accuracy_probe(model, tok, warmstart_problems(cfg, synth, rg, 256, probe=True),
+                                   seed=t.seed)
         log("warm-starting the tiny model: "
             + (f"until sampled accuracy {target:.2f} (at most {t.warmstart_steps} steps)"
                if target is not None else f"{t.warmstart_steps} supervised steps")
@@ -150,13 +164,14 @@ def build_tiny_model(cfg: ModelConfig, synth: SyntheticConfig, path: Path, log=p
     return path
 
 
-def resolve_model_path(cfg: ModelConfig, synth: SyntheticConfig, log=print) -> str:
-    """The path or hub id to load; builds the tiny model on first use."""
+def resolve_model_path(cfg: ModelConfig, synth: SyntheticConfig, log=print, rg: RGTask | None = None) -> str:
+    """The path or hub id to load; builds the tiny model on first use (warm-started on the
+    synthetic task, or on `rg` = (data.source, data.reasoning_gym) for a reasoning-gym run)."""
     if cfg.name_or_path != "tiny":
         return cfg.name_or_path
-    path = tiny_model_path(cfg, synth)
+    path = tiny_model_path(cfg, synth, rg)
     if not (path / "config.json").is_file():
-        build_tiny_model(cfg, synth, path, log=log)
+        build_tiny_model(cfg, synth, path, log=log, rg=rg)
     return str(path)
 
 
@@ -204,9 +219,9 @@ def apply_lora(model, cfg: ModelConfig):
     return get_peft_model(model, peft_cfg)
 
 
-def load_policy(cfg: ModelConfig, synth: SyntheticConfig, log=print):
+def load_policy(cfg: ModelConfig, synth: SyntheticConfig, log=print, rg: RGTask | None = None):
     """(policy, tokenizer, resolved path). LoRA-wrapped when cfg.lora.enabled."""
-    path = resolve_model_path(cfg, synth, log=log)
+    path = resolve_model_path(cfg, synth, log=log, rg=rg)
     tok = load_tokenizer(cfg.tokenizer or path)
     model = load_causal_lm(path, cfg)
     for spec in cfg.skills:  # PaST: theta + lambda * v, in memory (before any LoRA wrapping)

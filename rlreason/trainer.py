@@ -428,6 +428,10 @@ def load_data(cfg: RecipeConfig) -> tuple[list[Problem], list[Problem]]:
         from .data.synthetic import synthetic_splits
 
         return synthetic_splits(d.synthetic)
+    from .data.reasoning_gym import is_reasoning_gym, reasoning_gym_splits
+
+    if is_reasoning_gym(d.source):
+        return reasoning_gym_splits(d.source, d.reasoning_gym)
     from .data.loaders import FieldMap, load_problems
 
     fields = FieldMap.from_settings(d)
@@ -531,7 +535,10 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
         raise ValueError("rewards: at least one reward is needed, e.g. [{name: math}]")
     train, held = load_data(cfg)
     with whole_weights_at_load(accelerator):
-        model, tok, path = load_policy(cfg.model, cfg.data.synthetic, log=log)
+        from .data.reasoning_gym import is_reasoning_gym
+
+        rg = (cfg.data.source, cfg.data.reasoning_gym) if is_reasoning_gym(cfg.data.source) else None
+        model, tok, path = load_policy(cfg.model, cfg.data.synthetic, log=log, rg=rg)
         ref = None
         if cfg.algo.beta > 0 and not cfg.model.lora.enabled:
             ref = load_reference(path, cfg.model).to(accelerator.device)

@@ -1,10 +1,12 @@
 """Reward functions for RL fine-tuning: answer extraction, verification, and the registry.
 
 Importing this package registers the built-in rewards (``"math"``, ``"exact_match"``,
-``"format"``) so that `resolve_reward` and `RewardFunction` can find them by name.
+``"format"``, ``"reasoning_gym"``) so that `resolve_reward` and `RewardFunction`
+can find them by name.
 """
 from __future__ import annotations
 
+from rlreason.rewards import reasoning_gym as _reasoning_gym  # noqa: F401  (registers the reward)
 from rlreason.rewards.basic import exact_match_reward, format_reward
 from rlreason.rewards.extract import extract_answer, extract_boxed, gsm8k_gold
 from rlreason.rewards.math import (
