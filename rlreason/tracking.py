@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from typing import Any
 
 # report_to name -> (module to import, pip package)
@@ -47,6 +48,10 @@ def start_trackers(accelerator, cfg) -> None:
     from pathlib import Path
 
     name = Path(cfg.train.output_dir).name or "run"
+    if "trackio" in cfg.train.report_to:
+        # trackio's local database goes under the run folder, like TensorBoard's event files,
+        # unless the user chose a place (trackio reads TRACKIO_DIR once, when first imported)
+        os.environ.setdefault("TRACKIO_DIR", str(Path(cfg.train.output_dir).resolve() / "trackio"))
     accelerator.init_trackers("rlreason", config=_flat(cfg.model_dump(mode="json")),
                               init_kwargs={"wandb": {"name": name}, "trackio": {"name": name}})
 

@@ -24,6 +24,20 @@ def test_tensorboard_gets_the_reward_and_evaluation_series(tiny_recipe, tmp_path
     assert [e.step for e in acc.Scalars("eval/accuracy")] == [0, 3]  # before training, at the end
 
 
+def test_trackio_gets_the_reward_series_locally(tiny_recipe, tmp_path, monkeypatch):
+    pytest.importorskip("trackio", reason="trackio: pip install -e '.[tracking]'")
+    monkeypatch.delenv("TRACKIO_DIR", raising=False)
+    train(tiny_recipe("train.max_steps=3", "train.report_to=[trackio]"), log=lambda s: None)
+    from trackio.sqlite_storage import SQLiteStorage
+
+    db = tmp_path / "run" / "trackio"
+    assert list(db.rglob("*.db")), sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    logs = SQLiteStorage.get_logs(project="rlreason", run="run")
+    want = [r["reward"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward" in r]
+    got = [row["reward"] for row in logs if "reward" in row]
+    assert got == pytest.approx(want, abs=1e-6)
+
+
 def test_a_tracker_that_is_not_installed_stops_before_anything_runs(tiny_recipe, tmp_path, monkeypatch):
     monkeypatch.setitem(tracking.TRACKERS, "mlflow", ("rlreason_no_such_module", "mlflow"))
     with pytest.raises(ValueError, match=r"train.report_to: mlflow not installed; `pip install mlflow`"):
