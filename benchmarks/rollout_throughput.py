@@ -82,7 +82,7 @@ def build_model(path: str, preset: str, vocab_size: int | None, seed: int) -> di
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from rlreason.models import char_tokenizer
+    from rlreason.tiny import char_tokenizer
 
     spec = dict(PRESETS[preset])
     save_dtype = spec.pop("save_dtype")

@@ -170,7 +170,7 @@ def _skill(args: argparse.Namespace) -> int:
 
 
 def _serve(args) -> int:
-    from .rollout.server import serve
+    from .serve import serve
 
     serve(args)
     return 0

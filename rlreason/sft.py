@@ -1,102 +1,13 @@
-"""Supervised fine-tuning on (prompt, target) pairs: the warm-start before RL.
+"""`rlreason sft`: recipe-driven supervised fine-tuning on (prompt, oracle solution) pairs,
+with cross-entropy (`sft.loss: sft`) or one-token rollouts (`sft.loss: otr`).
 
-Only target tokens (and the EOS that ends them) carry loss; prompt tokens are context.
+Only target tokens (and the EOS that ends them) carry loss; prompt tokens are context. The
+run is built by the trainer's `build_run` (same model, data, optimizer, trackers and run
+folder rules as `rlreason train`); the tiny model's warm start is tiny.py's, not this loop.
 """
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
-
-
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """Token ids of each (prompt, target), EOS appended to the target."""
-    out = []
-    for prompt, target in pairs:
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        t = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        out.append((p, t))
-    return out
-
-
-def collate_sft(batch: list[tuple[list[int], list[int]]], pad_id: int):
-    """Right-padded input ids, attention mask and labels (-100 on prompt and padding)."""
-    length = max(len(p) + len(t) for p, t in batch)
-    ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), length), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), length), dtype=torch.long)
-    for i, (p, t) in enumerate(batch):
-        seq = p + t
-        ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, len(p) : len(seq)] = torch.tensor(t)
-        mask[i, : len(seq)] = 1
-    return ids, mask, labels
-
-
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled positions. logits [B,L,V], labels [B,L]."""
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1),
-        ignore_index=-100,
-    )
-
-
-def supervised_warmstart(model, tokenizer, pairs: list[tuple[str, str]], *, steps: int,
-                         batch_size: int, lr: float, seed: int = 0,
-                         probe: Callable[[], float] | None = None, target: float | None = None,
-                         check_every: int = 10, log: Callable[[str], None] | None = None) -> list[float]:
-    """AdamW, linear warmup then constant LR; returns the loss per step.
-
-    Constant rather than decaying: a warm-start stopped part-way should leave a policy
-    that is still improving (measured on the synthetic task: cosine decay to zero froze
-    the tiny model before it had learned the carry, and RL could not recover it).
-
-    With `probe` (accuracy of the model as it is) and `target`, training stops at the first
-    check where the probe reaches the target. Why: the model learns the carry abruptly
-    (loss 1.3 -> 0.2 within ~150 steps), so where a fixed step count lands depends on float
-    rounding: 450 steps gave 0.62 held-out accuracy on an AVX-512 CPU and 0.92 on an AVX2
-    one. A target pins the competence RL starts from on every machine.
-    """
-    data = encode_pairs(tokenizer, pairs)
-    rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warm = min(50, max(1, steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm))
-    model.train()
-    losses = []
-    for _ in range(steps):
-        ids, mask, labels = collate_sft(rng.sample(data, min(batch_size, len(data))),
-                                        tokenizer.pad_token_id)
-        loss = sft_loss(model(input_ids=ids, attention_mask=mask).logits, labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        step = len(losses)
-        if step % check_every == 0 or step == steps:
-            acc = probe() if probe is not None else None
-            model.train()
-            reached = acc is not None and target is not None and acc >= target
-            if log is not None and (step % (5 * check_every) == 0 or reached or step == steps):
-                shown = "" if acc is None else f", probe accuracy {acc:.2f}" + (
-                    f" (target {target:.2f})" if target is not None else "")
-                recent = losses[-5 * check_every:]
-                log(f"  warm-start step {step}/{steps}: loss {sum(recent) / len(recent):.3f}{shown}")
-            if reached:
-                break
-    else:
-        if target is not None and log is not None:
-            log(f"  warm-start: the target accuracy {target:.2f} was not reached in {steps} steps "
-                "(model.tiny.warmstart_steps); RL starts from a weaker model")
-    model.eval()
-    return losses
-
-
-# ---------------------------------------------------------------- recipe-driven SFT / OTR
 
 
 def sft_step(run, cfg) -> dict[str, float]:
@@ -110,7 +21,7 @@ def sft_step(run, cfg) -> dict[str, float]:
 
     from .algos.otr import otr_loss, sft_token_loss
     from .batching import Sequence, collate, completion_logits, micro_batches
-    from .trainer import rank_share
+    from .sharding import rank_share
 
     t0 = time.perf_counter()
     tok, acc = run.tokenizer, run.accelerator

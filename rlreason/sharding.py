@@ -194,3 +194,11 @@ def accumulation_boundary(acc, model, is_last: bool):
     else:
         with acc.no_sync(model):
             yield
+
+
+def rank_share(items: list, acc) -> list:
+    """This process's slice of the step's prompts: every rank draws the same global batch
+    (same seed, same cursor) and keeps its contiguous share, so groups stay on one rank."""
+    W, r = acc.num_processes, acc.process_index
+    k = len(items) // W
+    return items[r * k : (r + 1) * k]

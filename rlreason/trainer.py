@@ -33,6 +33,7 @@ from .sharding import (
     gathered_parameters,
     inference_copy,
     native_checkpoint,
+    rank_share,
     reduce_in_float32,
     shards_parameters,
     strategy,
@@ -272,14 +273,6 @@ def sync_weights(run: Run) -> None:
     if run.accelerator.num_processes > 1:  # no rank samples before the push is complete
         run.accelerator.wait_for_everyone()
     run.weights_stale = False
-
-
-def rank_share(problems: list[Problem], acc) -> list[Problem]:
-    """This process's slice of the step's prompts: every rank draws the same global batch
-    (same seed, same cursor) and keeps its contiguous share, so groups stay on one rank."""
-    W, r = acc.num_processes, acc.process_index
-    k = len(problems) // W
-    return problems[r * k : (r + 1) * k]
 
 
 def check_batch(cfg: RecipeConfig, world_size: int) -> None:

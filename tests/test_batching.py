@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlreason.batching import Sequence, collate, completion_logprobs, micro_batches
-from rlreason.models import char_tokenizer, tiny_llama
+from rlreason.tiny import char_tokenizer, tiny_llama
 
 
 @pytest.fixture(scope="module")

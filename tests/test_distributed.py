@@ -17,7 +17,7 @@ from common import fixed_sequences, make_cfg  # noqa: E402
 
 from rlreason.config import load_config  # noqa: E402
 from rlreason.logger import read_metrics  # noqa: E402
-from rlreason.models import char_tokenizer, tiny_llama  # noqa: E402
+from rlreason.tiny import char_tokenizer, tiny_llama  # noqa: E402
 from rlreason.trainer import build_run, check_batch, optimize  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "dist" / "ddp_worker.py"

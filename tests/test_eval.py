@@ -176,8 +176,7 @@ def test_compare_prints_one_table_of_runs(gold_runs, capsys):
 def tiny(tmp_path_factory):
     """A tiny Llama briefly fitted to 6 additions (so samples are a mix of right and wrong),
     saved with its tokenizer, and a JSONL benchmark of those additions with a group field."""
-    from rlreason.models import char_tokenizer, tiny_llama
-    from rlreason.sft import supervised_warmstart
+    from rlreason.tiny import char_tokenizer, supervised_warmstart, tiny_llama
 
     tmp = tmp_path_factory.mktemp("tiny")
     tok = char_tokenizer()

@@ -6,7 +6,6 @@ import json
 import pytest
 
 from rlreason.config import load_config
-from rlreason.models import char_tokenizer
 from rlreason.rollout.guidance import (
     Guide,
     encode_guided,
@@ -15,6 +14,7 @@ from rlreason.rollout.guidance import (
     scored_text,
     solution_prefix,
 )
+from rlreason.tiny import char_tokenizer
 from rlreason.types import Problem
 
 
@@ -100,7 +100,8 @@ def test_twins_batch_holds_each_guided_prompt_with_its_bare_twin():
     from types import SimpleNamespace
 
     from rlreason.data.stream import ProblemStream
-    from rlreason.trainer import _guidance_metrics, rank_share
+    from rlreason.sharding import rank_share
+    from rlreason.trainer import _guidance_metrics
 
     assert load_config(None, []).guidance.batch == "twins"
     guide, by_id, stream, hard = _twin_setup()

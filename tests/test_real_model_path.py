@@ -8,7 +8,7 @@ import pytest
 
 from rlreason.config import load_config
 from rlreason.logger import read_metrics
-from rlreason.models import char_tokenizer
+from rlreason.tiny import char_tokenizer
 from rlreason.trainer import train
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

@@ -74,7 +74,7 @@ def test_a_tiny_model_warm_started_on_the_task_trains_on_it(tiny_recipe, tmp_pat
     rewards = [r["reward"] for r in rows if "reward" in r]
     assert len(rewards) == 3 and all(0.0 <= r <= 1.0 for r in rewards)
     assert "eval/accuracy" in rows[-1]
-    from rlreason.models import tiny_model_path
+    from rlreason.tiny import tiny_model_path
 
     # its own warm start: the cache key holds the task, so the synthetic model is not reused
     assert tiny_model_path(cfg.model, cfg.data.synthetic, (cfg.data.source, cfg.data.reasoning_gym)) != \

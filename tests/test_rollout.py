@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlreason.models import char_tokenizer
 from rlreason.rollout.hf import HFEngine, sample_tokens
+from rlreason.tiny import char_tokenizer
 from rlreason.types import SamplingParams
 
 
@@ -154,8 +154,8 @@ def test_stop_strings_cut_each_completion_where_its_text_first_holds_one():
 
 
 def test_sampling_params_with_stop_strings_travel_to_vllm_and_the_server():
-    from rlreason.rollout.server import sampling_from_json, sampling_to_json
     from rlreason.rollout.vllm import sampling_kwargs
+    from rlreason.rollout.wire import sampling_from_json, sampling_to_json
 
     sp = SamplingParams(temperature=0.7, max_tokens=9, stop=("</answer>",), seed=4)
     assert sampling_from_json(sampling_to_json(sp)) == sp

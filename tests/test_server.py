@@ -16,9 +16,9 @@ import pytest
 import torch
 from serving import logprobs_of, running_server
 
-from rlreason.models import char_tokenizer, tiny_llama
 from rlreason.rollout import transfer
 from rlreason.rollout.remote import RemoteEngine, ServerError
+from rlreason.tiny import char_tokenizer, tiny_llama
 from rlreason.types import Adapter, SamplingParams
 
 

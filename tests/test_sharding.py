@@ -19,8 +19,8 @@ import yaml
 from rlreason import sharding
 from rlreason.checkpoint import list_checkpoints
 from rlreason.config import load_config
-from rlreason.models import char_tokenizer, tiny_llama
 from rlreason.sharding import accumulation_boundary, check_deepspeed_config, gathered_parameters, inference_copy
+from rlreason.tiny import char_tokenizer, tiny_llama
 from rlreason.trainer import build_run, rl_step, sync_weights, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlreason import skills
-from rlreason.models import char_tokenizer, tiny_llama
+from rlreason.tiny import char_tokenizer, tiny_llama
 
 
 def _weights(folder):

@@ -21,7 +21,7 @@ _logprobs = logprobs_of
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from rlreason.models import char_tokenizer, tiny_llama
+    from rlreason.tiny import char_tokenizer, tiny_llama
 
     path = tmp_path_factory.mktemp("vllm-tiny")
     tok = char_tokenizer()

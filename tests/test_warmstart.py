@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from rlreason.data.synthetic import synthetic_problems
-from rlreason.models import accuracy_probe, char_tokenizer, tiny_llama
-from rlreason.sft import supervised_warmstart
+from rlreason.tiny import accuracy_probe, char_tokenizer, supervised_warmstart, tiny_llama
 
 
 def _tiny():

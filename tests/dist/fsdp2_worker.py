@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-from rlreason.models import char_tokenizer, tiny_llama
+from rlreason.tiny import char_tokenizer, tiny_llama
 from rlreason.rollout.hf import HFEngine
 from rlreason.sharding import gathered_parameters, inference_copy
 from rlreason.types import SamplingParams
