@@ -61,7 +61,7 @@ def source_stage(seed: int, rl_steps: int, work: Path) -> dict:
     """theta_sft, theta_rl and v for one seed."""
     from rlreason import skills
     from rlreason.config import load_config
-    from rlreason.models import resolve_model_path
+    from rlreason.tiny import resolve_model_path
     from rlreason.trainer import train
 
     log = P.log_to_stderr(f"source seed {seed}")

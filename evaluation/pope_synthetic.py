@@ -115,7 +115,7 @@ def run(task: str, arm: str, seed: int, lr: float, steps: int, work: Path, probl
 
 def warm_start(task: str, seed: int) -> Path:
     from rlreason.config import load_config
-    from rlreason.models import resolve_model_path
+    from rlreason.tiny import resolve_model_path
 
     cfg = load_config(None, [*COMMON, *task_overrides(task), f"model.tiny.seed={seed}"])
     return Path(resolve_model_path(cfg.model, cfg.data.synthetic,

@@ -1,30 +1,19 @@
 """Load the policy, the reference model and the tokenizer.
 
-Real models load with `from_pretrained` (hub id or local folder). The name `tiny` resolves
-to the small local Llama of tiny.py (built and warm-started on first use, then cached), so
-the quickstart and the tests need no download; it loads through the same from_pretrained
-path as a user's model.
+Real models load with `from_pretrained` (hub id or local folder). The name `tiny` is
+resolved to a folder by tiny.resolve_model_path first (the small local Llama, built and
+warm-started on first use, then cached), so the quickstart and the tests need no download;
+it loads through the same from_pretrained path as a user's model. This module imports no
+rollout, data or loop code.
 """
 from __future__ import annotations
 
 import torch
 
-from .config import ModelConfig, SyntheticConfig
-from .tiny import RGTask, build_tiny_model, tiny_model_path
+from .config import ModelConfig
 
 # dtype names a recipe may use (model.dtype, rollout.dtype) and the torch dtypes they mean
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_model_path(cfg: ModelConfig, synth: SyntheticConfig, log=print, rg: RGTask | None = None) -> str:
-    """The path or hub id to load; builds the tiny model on first use (warm-started on the
-    synthetic task, or on `rg` = (data.source, data.reasoning_gym) for a reasoning-gym run)."""
-    if cfg.name_or_path != "tiny":
-        return cfg.name_or_path
-    path = tiny_model_path(cfg, synth, rg)
-    if not (path / "config.json").is_file():
-        build_tiny_model(cfg, synth, path, log=log, rg=rg)
-    return str(path)
 
 
 def load_tokenizer(name_or_path: str):
@@ -71,9 +60,9 @@ def apply_lora(model, cfg: ModelConfig):
     return get_peft_model(model, peft_cfg)
 
 
-def load_policy(cfg: ModelConfig, synth: SyntheticConfig, log=print, rg: RGTask | None = None):
-    """(policy, tokenizer, resolved path). LoRA-wrapped when cfg.lora.enabled."""
-    path = resolve_model_path(cfg, synth, log=log, rg=rg)
+def load_policy(path: str, cfg: ModelConfig, log=print):
+    """(policy, tokenizer) from `path` (a hub id or folder: tiny.resolve_model_path's answer).
+    LoRA-wrapped when cfg.lora.enabled."""
     tok = load_tokenizer(cfg.tokenizer or path)
     model = load_causal_lm(path, cfg)
     for spec in cfg.skills:  # PaST: theta + lambda * v, in memory (before any LoRA wrapping)
@@ -86,7 +75,7 @@ def load_policy(cfg: ModelConfig, synth: SyntheticConfig, log=print, rg: RGTask 
         model.config.use_cache = False
     if cfg.lora.enabled:
         model = apply_lora(model, cfg)
-    return model, tok, path
+    return model, tok
 
 
 def load_reference(path: str, cfg: ModelConfig):

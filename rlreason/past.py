@@ -101,9 +101,10 @@ def _validation_split(cfg: RecipeConfig, data: DataConfig, fraction: float,
 
 def run_past(cfg: RecipeConfig, log=print) -> dict[str, Any]:
     from . import skills
-    from .models import TORCH_DTYPES, resolve_model_path
+    from .models import TORCH_DTYPES
     from .run_dir import check_output_dir, claim_output_dir
     from .sft import train_sft
+    from .tiny import resolve_model_path
     from .trainer import build_run, evaluate, train
 
     p = cfg.past

@@ -250,3 +250,14 @@ def supervised_warmstart(model, tokenizer, pairs: list[tuple[str, str]], *, step
                 "(model.tiny.warmstart_steps); RL starts from a weaker model")
     model.eval()
     return losses
+
+
+def resolve_model_path(cfg: ModelConfig, synth: SyntheticConfig, log=print, rg: RGTask | None = None) -> str:
+    """The path or hub id to load; builds the tiny model on first use (warm-started on the
+    synthetic task, or on `rg` = (data.source, data.reasoning_gym) for a reasoning-gym run)."""
+    if cfg.name_or_path != "tiny":
+        return cfg.name_or_path
+    path = tiny_model_path(cfg, synth, rg)
+    if not (path / "config.json").is_file():
+        build_tiny_model(cfg, synth, path, log=log, rg=rg)
+    return str(path)

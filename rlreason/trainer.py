@@ -507,6 +507,7 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
 
     from .data.templates import encode_prompts
     from .models import TORCH_DTYPES, load_policy, load_reference
+    from .tiny import resolve_model_path
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -531,7 +532,8 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
         from .data.reasoning_gym import is_reasoning_gym
 
         rg = (cfg.data.source, cfg.data.reasoning_gym) if is_reasoning_gym(cfg.data.source) else None
-        model, tok, path = load_policy(cfg.model, cfg.data.synthetic, log=log, rg=rg)
+        path = resolve_model_path(cfg.model, cfg.data.synthetic, log=log, rg=rg)
+        model, tok = load_policy(path, cfg.model, log=log)
         ref = None
         if cfg.algo.beta > 0 and not cfg.model.lora.enabled:
             ref = load_reference(path, cfg.model).to(accelerator.device)

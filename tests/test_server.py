@@ -81,11 +81,11 @@ def test_no_server_names_the_url_and_the_command():
 @pytest.mark.slow
 def test_grpo_through_a_server_trains_and_syncs_every_step(tiny_recipe, tmp_path):
     from rlreason.logger import read_metrics
-    from rlreason.models import load_policy
+    from rlreason.tiny import resolve_model_path
     from rlreason.trainer import train
 
     cfg = tiny_recipe("train.max_steps=4", "rollout.backend=server")
-    _, _, path = load_policy(cfg.model, cfg.data.synthetic, log=lambda s: None)  # the warm start
+    path = resolve_model_path(cfg.model, cfg.data.synthetic, log=lambda s: None)  # the warm start
     with running_server(path) as url:
         train(cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"server_url": url})}),
               log=lambda s: None)

@@ -206,13 +206,14 @@ def test_eval_with_a_skill_vector_in_memory_equals_the_tuned_model(pair, tmp_pat
 def test_recipe_skill_list_is_applied_when_the_model_loads(pair, tmp_path):
     from rlreason.config import load_config
     from rlreason.models import load_policy
+    from rlreason.tiny import resolve_model_path
 
     base, tuned = pair
     char_tokenizer().save_pretrained(tuned)
     skills.extract(base, tuned, tmp_path / "v")
     cfg = load_config(None, [f"model.name_or_path={base}",
                              f"model.skills=[{{path: {tmp_path / 'v'}, scale: 1.0}}]"])
-    model, _, _ = load_policy(cfg.model, cfg.data.synthetic, log=lambda s: None)
+    model, _ = load_policy(resolve_model_path(cfg.model, cfg.data.synthetic, log=lambda s: None), cfg.model)
     want = _weights(tuned)
     for k, p in model.state_dict().items():
         if k in want:
