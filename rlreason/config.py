@@ -15,6 +15,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
+def registered(kind: str) -> list[str]:
+    """The names a registry-backed field accepts, in registration order. The registries live
+    in the modules that implement them (algos: pure tensor code, importable from here)."""
+    if kind == "losses":
+        from .algos import LOSSES
+
+        return list(LOSSES)
+    raise KeyError(kind)
+
+
 class ConfigError(ValueError):
     """A recipe or override that cannot be used; the message names the field to fix."""
 
@@ -226,9 +236,22 @@ class RolloutConfig(_Section):
 
 
 class AlgoConfig(_Section):
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = Field(
-        "dapo", description="Policy loss: how token terms are aggregated (and GSPO's ratio)."
+    loss_type: str = Field(
+        "dapo", description="Policy loss: how token terms are aggregated (and GSPO's ratio).",
+        json_schema_extra={"registry": "losses"},
     )
+
+    @field_validator("loss_type")
+    @classmethod
+    def _registered_loss(cls, v: str) -> str:
+        names = registered("losses")
+        if v not in names:
+            near = difflib.get_close_matches(v, names, n=2, cutoff=0.5)
+            raise ValueError(f"{v!r} is not a registered loss ({', '.join(names)})"
+                             + (f"; did you mean {' or '.join(near)}?" if near else "")
+                             + "; add one with rlreason.algos.register_loss")
+        return v
+
     num_generations: int = Field(8, ge=2, description="Completions per prompt (group size).")
     beta: float = Field(0.0, ge=0, description="KL weight; 0 loads no reference model.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator.")
@@ -573,7 +596,10 @@ def reference(model: type[BaseModel] = RecipeConfig, prefix: str = "") -> list[s
             default = default.model_dump()
         elif isinstance(default, list) and default and isinstance(default[0], BaseModel):
             default = [d.model_dump(exclude_defaults=True) for d in default]
-        out.append(f"| `{key}` | {_type_name(ann)} | `{default!r}` | {f.description or ''} |")
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        kind = " / ".join(f"`{n}`" for n in registered(extra["registry"])) if "registry" in extra \
+            else _type_name(ann)
+        out.append(f"| `{key}` | {kind} | `{default!r}` | {f.description or ''} |")
         item = get_args(ann)[0] if get_origin(ann) is list and get_args(ann) else None
         if isinstance(item, type) and issubclass(item, BaseModel):  # fields of each list entry
             out.extend(reference(item, key + "[]."))

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .algos import LossInputs, group_advantages, policy_loss
+from .algos import LOSS_NORMALIZER, LossInputs, group_advantages, policy_loss
 from .batching import PACKABLE_ATTENTION, Sequence, collate, completion_logprobs, micro_batches
 from .checkpoint import checkpoint_run_id, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import RecipeConfig, dump_config
@@ -90,11 +90,11 @@ def _collate(run: Run, mb: list[Sequence]) -> dict[str, Any]:
 
 def _skippable(run: Run) -> bool:
     """Sequences with advantage 0 contribute exactly zero gradient when there is no KL term
-    and the loss is normalised by step-level counts (not bnpo's per-micro-batch mean); one
+    and the loss is normalised by step-level counts (its registered normalizer); one
     plain process only, since a DDP rank that skips its backward would stall the others and
     DeepSpeed steps only from a backward."""
     a = run.cfg.algo
-    return (a.skip_zero_advantage and a.beta == 0 and a.loss_type != "bnpo"
+    return (a.skip_zero_advantage and a.beta == 0 and LOSS_NORMALIZER[a.loss_type] == "step"
             and strategy(run.accelerator) == "single")
 
 
@@ -107,8 +107,8 @@ def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
     if W > 1:  # step-level normalisers count every rank's tokens
         n_tokens = int(acc.reduce(torch.tensor(n_tokens, device=acc.device), reduction="sum"))
     # DDP averages gradients over ranks; losses normalised by step-level counts are sums of
-    # rank shares, so each rank's loss is scaled by W (bnpo is a per-micro-batch mean: not)
-    rank_scale = 1.0 if cfg.algo.loss_type == "bnpo" else float(W)
+    # rank shares, so each rank's loss is scaled by W (a per-micro-batch mean is not)
+    rank_scale = float(W) if LOSS_NORMALIZER[cfg.algo.loss_type] == "step" else 1.0
     trained = [s for s in seqs if s.advantage != 0.0] if _skippable(run) else seqs
     mbs = micro_batches(trained, cfg.train.micro_batch_size, cfg.algo.num_generations)
     sums: dict[str, float] = {"loss": 0.0, "frac_skipped": 1 - len(trained) / len(seqs)}

@@ -144,10 +144,32 @@ def _inputs(requires_grad: bool = False, **kw) -> LossInputs:
     return LossInputs(**fields)
 
 
-def test_registry_matches_config_choices():
-    assert set(LOSSES) == {"grpo", "bnpo", "dapo", "dr_grpo", "gspo"}
-    choices = AlgoConfig.model_fields["loss_type"].annotation.__args__
-    assert set(choices) == set(LOSSES)
+def test_a_loss_registered_in_one_place_is_a_valid_loss_type():
+    import math
+
+    from rlreason.algos import LOSS_NORMALIZER, register_loss
+    from rlreason.config import ConfigError, load_config, reference
+
+    @register_loss("sum_of_tokens")
+    def sum_of_tokens(x, cfg):  # REINFORCE over every token of the step
+        return -(x.advantages[:, None] * x.logp * x.mask).sum() / max(x.num_tokens, 1), {}
+
+    try:
+        assert load_config(None, ["algo.loss_type=sum_of_tokens"]).algo.loss_type == "sum_of_tokens"
+        assert any("`sum_of_tokens`" in line for line in reference() if "algo.loss_type" in line)
+        assert LOSS_NORMALIZER["sum_of_tokens"] == "step"
+        loss, _ = policy_loss(_inputs(), _cfg("sum_of_tokens"))
+        by_hand = -sum(ADV[b] * sum(math.log(OLD_P[b][t] * RATIOS[b][t]) for t in range(3) if MASK[b][t])
+                       for b in range(3)) / 6
+        assert float(loss) == pytest.approx(by_hand)
+    finally:
+        LOSSES.pop("sum_of_tokens")
+        LOSS_NORMALIZER.pop("sum_of_tokens")
+    with pytest.raises(ConfigError, match=r"'dapoo' is not a registered loss.*did you mean dapo"):
+        load_config(None, ["algo.loss_type=dapoo"])
+    with pytest.raises(ValueError, match=r"normalizer 'sequence'"):
+        register_loss("x", normalizer="sequence")
+    assert AlgoConfig().loss_type in LOSSES and LOSS_NORMALIZER["bnpo"] == "micro_batch"
 
 
 @pytest.mark.parametrize("loss_type", sorted(HAND))

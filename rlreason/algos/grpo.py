@@ -75,13 +75,24 @@ class LossInputs:
 
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 LOSSES: dict[str, LossFn] = {}
+# How each loss normalises, which is all the trainer needs to know about it:
+#   "step": a share of a step-level total (x.num_tokens, x.num_sequences, a fixed length):
+#     DDP's gradient average is undone by scaling each rank's loss by the world size, and a
+#     sequence with advantage 0 (and no KL) adds exactly nothing, so it may be skipped;
+#   "micro_batch": a mean over each micro-batch (bnpo): neither holds.
+NORMALIZERS = ("step", "micro_batch")
+LOSS_NORMALIZER: dict[str, str] = {}
 
 
-def register_loss(name: str):
-    """Add a policy loss: `fn(x: LossInputs, cfg) -> (loss, metrics)`."""
+def register_loss(name: str, *, normalizer: str = "step"):
+    """Add a policy loss `fn(x: LossInputs, cfg) -> (loss, metrics)`, usable at once as
+    `algo.loss_type: name` (the config validates against this registry)."""
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"register_loss({name!r}): normalizer {normalizer!r}; expected one of {NORMALIZERS}")
 
     def deco(fn: LossFn) -> LossFn:
         LOSSES[name] = fn
+        LOSS_NORMALIZER[name] = normalizer
         return fn
 
     return deco
@@ -134,7 +145,7 @@ def grpo_loss(x: LossInputs, cfg):
     return seq.sum() / x.num_sequences, m
 
 
-@register_loss("bnpo")
+@register_loss("bnpo", normalizer="micro_batch")
 def bnpo_loss(x: LossInputs, cfg):
     per_tok, m = _token_loss(x, cfg)
     return (per_tok * x.mask).sum() / x.mask.sum().clamp(min=1) / x.num_micro_batches, m
