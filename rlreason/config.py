@@ -15,6 +15,24 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
+def _import_object(spec: str, field: str):
+    """`package.module:name` imported from sys.path and, last, the working directory."""
+    import importlib
+    import os
+    import sys
+
+    module, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{field} {spec!r}: cannot import it ({e})") from e
+    return obj
+
+
 def registered(kind: str) -> list[str]:
     """The names a registry-backed field accepts, in registration order. The registries live
     in the modules that implement them (algos: pure tensor code, importable from here)."""
@@ -245,11 +263,17 @@ class AlgoConfig(_Section):
     @classmethod
     def _registered_loss(cls, v: str) -> str:
         names = registered("losses")
+        if v not in names and ":" in v:  # a loss of your own, 'module:function', like rewards
+            from .algos import register_loss
+
+            fn = _import_object(v, "algo.loss_type")
+            register_loss(v, normalizer=getattr(fn, "normalizer", "step"))(fn)
+            return v
         if v not in names:
             near = difflib.get_close_matches(v, names, n=2, cutoff=0.5)
             raise ValueError(f"{v!r} is not a registered loss ({', '.join(names)})"
                              + (f"; did you mean {' or '.join(near)}?" if near else "")
-                             + "; add one with rlreason.algos.register_loss")
+                             + "; add one with rlreason.algos.register_loss, or name yours 'module:function'")
         return v
 
     num_generations: int = Field(8, ge=2, description="Completions per prompt (group size).")

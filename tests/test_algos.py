@@ -167,9 +167,31 @@ def test_a_loss_registered_in_one_place_is_a_valid_loss_type():
         LOSS_NORMALIZER.pop("sum_of_tokens")
     with pytest.raises(ConfigError, match=r"'dapoo' is not a registered loss.*did you mean dapo"):
         load_config(None, ["algo.loss_type=dapoo"])
+    with pytest.raises(ConfigError, match=r"algo.loss_type 'no_such_module:f': cannot import it"):
+        load_config(None, ["algo.loss_type='no_such_module:f'"])
     with pytest.raises(ValueError, match=r"normalizer 'sequence'"):
         register_loss("x", normalizer="sequence")
     assert AlgoConfig().loss_type in LOSSES and LOSS_NORMALIZER["bnpo"] == "micro_batch"
+
+
+def test_a_loss_of_your_own_module_is_named_module_colon_function(tmp_path, monkeypatch):
+    from rlreason.algos import LOSS_NORMALIZER
+    from rlreason.config import load_config
+
+    (tmp_path / "my_losses.py").write_text(
+        "def mean_tokens(x, cfg):\n"
+        "    return -(x.advantages[:, None] * x.logp * x.mask).sum() / x.mask.sum(), {}\n"
+        "mean_tokens.normalizer = 'micro_batch'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        cfg = load_config(None, ["algo.loss_type='my_losses:mean_tokens'"])
+        assert LOSS_NORMALIZER["my_losses:mean_tokens"] == "micro_batch"
+        loss, _ = policy_loss(_inputs(), _cfg(cfg.algo.loss_type))
+        assert float(loss) == pytest.approx(float(LOSSES["my_losses:mean_tokens"](_inputs(), None)[0]))
+    finally:
+        LOSSES.pop("my_losses:mean_tokens", None)
+        LOSS_NORMALIZER.pop("my_losses:mean_tokens", None)
+
 
 
 @pytest.mark.parametrize("loss_type", sorted(HAND))
