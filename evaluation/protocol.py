@@ -78,14 +78,38 @@ def rl_compute(run_dir: Path, prompts_per_step: int, generations: int) -> dict[s
         import yaml
 
         g = yaml.safe_load((run_dir / "config.yaml").read_text())["guidance"]
-        rungs = sum(1 for v in verdicts.values() if v.get("hard"))
-        out["samples_probes"] = probes + rungs * g["probe_samples"] * (len(g["ladder"]) == 1 or 0)
-        out["hard_problems"] = rungs
-        out["hints_that_work"] = sum(1 for v in verdicts.values() if v.get("hint_works"))
-        if len(g["ladder"]) != 1:
-            out["samples_probes_note"] = "ladder samples beyond the first rung not counted"
+        ladder = sorted(g["ladder"])
+        hard = [v for v in verdicts.values() if v.get("hard")]
+        # rungs are sampled shortest first until one works (all of them when none does)
+        tried = sum(len(ladder) if not v.get("hint_works") else ladder.index(v["hint_fraction"]) + 1
+                    for v in hard)
+        out["samples_probes"] = probes + tried * g["probe_samples"]
+        out["hard_problems"] = len(hard)
+        out["hints_that_work"] = sum(1 for v in hard if v.get("hint_works"))
+        out["hint_fractions"] = {str(f): sum(1 for v in hard if v.get("hint_fraction") == f) for f in ladder}
     out["samples"] = out["samples_training"] + out["samples_probes"]
     return out
+
+
+def finished(run_dir: Path, cfg) -> bool:
+    """Whether `run_dir` holds a finished run of this very recipe (final/ saved, and every
+    setting its config.yaml records equal to `cfg`'s; fields added to the schema since, at
+    their defaults, are not compared). A rerun of an experiment then reuses it instead of
+    training again: the numbers are those of the same deterministic run."""
+    import yaml
+
+    saved_file, final = run_dir / "config.yaml", run_dir / "final" / "config.json"
+    if not (saved_file.is_file() and final.is_file()):
+        return False
+    saved = yaml.safe_load(saved_file.read_text())
+    now = yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))
+
+    def same(a, b) -> bool:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return all(same(a[k], b[k]) for k in a if k in b)
+        return a == b
+
+    return same(saved, now)
 
 
 def sft_compute(run_dir: Path, examples_per_step: int) -> dict[str, Any]:

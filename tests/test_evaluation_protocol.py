@@ -40,13 +40,39 @@ def test_rl_compute_counts_training_and_probe_samples(tmp_path):
                                           {"step": 2, "reward": 0.5, "completion_length": 2.0}])
     (tmp_path / "config.yaml").write_text("guidance:\n  probe_samples: 4\n  ladder: [0.5]\n")
     (tmp_path / "hardness.json").write_text(json.dumps({
-        "p1": {"hard": True, "k": 8, "hint_works": True}, "p2": {"hard": False, "k": 8},
-        "p3": {"hard": True, "k": 8, "hint_works": False}}))
+        "p1": {"hard": True, "k": 8, "hint_works": True, "hint_fraction": 0.5}, "p2": {"hard": False, "k": 8},
+        "p3": {"hard": True, "k": 8, "hint_works": False, "hint_fraction": 0.5}}))
     c = P.rl_compute(tmp_path, prompts_per_step=2, generations=4)
     # 2 steps x 8 samples; tokens 3*8 + 2*8; probes 3 problems x 8, plus 2 hard x 4 on one rung
     assert c["steps"] == 2 and c["samples_training"] == 16 and c["tokens"] == 40
     assert c["samples_probes"] == 24 + 8 and c["samples"] == 16 + 32
     assert c["hard_problems"] == 2 and c["hints_that_work"] == 1
+    # two rungs, shortest first: p1 stops at the first (1 x 4), p3 and p4 sample both (2 x 4 each)
+    (tmp_path / "config.yaml").write_text("guidance:\n  probe_samples: 4\n  ladder: [0.5, 0.25]\n")
+    (tmp_path / "hardness.json").write_text(json.dumps({
+        "p1": {"hard": True, "k": 8, "hint_works": True, "hint_fraction": 0.25},
+        "p3": {"hard": True, "k": 8, "hint_works": False, "hint_fraction": 0.5},
+        "p4": {"hard": True, "k": 8, "hint_works": True, "hint_fraction": 0.5}}))
+    c = P.rl_compute(tmp_path, prompts_per_step=2, generations=4)
+    assert c["samples_probes"] == 3 * 8 + (1 + 2 + 2) * 4 and c["hint_fractions"] == {"0.25": 1, "0.5": 2}
+
+
+def test_a_finished_run_of_the_same_recipe_is_reused_and_another_is_not(tmp_path):
+    from rlreason.config import dump_config, load_config
+
+    cfg = load_config(None, ["train.max_steps=7"])
+    assert not P.finished(tmp_path, cfg)
+    dump_config(cfg, tmp_path / "config.yaml")
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "config.json").write_text("{}")
+    assert P.finished(tmp_path, cfg)
+    assert not P.finished(tmp_path, load_config(None, ["train.max_steps=8"]))
+    import yaml  # a field the schema gained since (absent from the saved file) is not compared
+
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["train"]["push_to_hub"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert P.finished(tmp_path, cfg)
 
 
 def test_sft_compute_and_sums(tmp_path):
