@@ -107,6 +107,8 @@ def finished(run_dir: Path, cfg) -> bool:
     def same(a, b) -> bool:
         if isinstance(a, dict) and isinstance(b, dict):
             return all(same(a[k], b[k]) for k in a if k in b)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
         return a == b
 
     return same(saved, now)
