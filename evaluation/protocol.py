@@ -130,7 +130,8 @@ def sft_compute(run_dir: Path, examples_per_step: int) -> dict[str, Any]:
 
 def sum_compute(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per-arm totals over seeds: the numeric fields summed, None where any part lacks it."""
-    keys = {k for p in parts for k, v in p.items() if isinstance(v, (int, float)) and k != "median_step_s"}
+    keys = {k for p in parts for k, v in p.items()
+            if isinstance(v, (int, float)) and not k.endswith("median_step_s")}  # a sum of medians means nothing
     out: dict[str, Any] = {}
     for k in sorted(keys):
         vals = [p.get(k) for p in parts]
