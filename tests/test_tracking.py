@@ -25,8 +25,15 @@ def test_tensorboard_gets_the_reward_and_evaluation_series(tiny_recipe, tmp_path
 
 
 def test_trackio_gets_the_reward_series_locally(tiny_recipe, tmp_path, monkeypatch):
-    pytest.importorskip("trackio", reason="trackio: pip install -e '.[tracking]'")
-    monkeypatch.delenv("TRACKIO_DIR", raising=False)
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("trackio") is None:  # found, not imported: it reads TRACKIO_DIR once
+        pytest.skip("trackio: pip install -e '.[tracking]'")
+    if "trackio" in sys.modules:
+        pytest.skip("trackio was imported earlier in this process, with its storage folder fixed")
+    monkeypatch.setenv("TRACKIO_DIR", "unset-after-the-test")  # so that teardown removes what the run sets
+    monkeypatch.delenv("TRACKIO_DIR")
     train(tiny_recipe("train.max_steps=3", "train.report_to=[trackio]"), log=lambda s: None)
     from trackio.sqlite_storage import SQLiteStorage
 
