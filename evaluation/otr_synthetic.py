@@ -171,8 +171,9 @@ def main() -> None:
         claims.append({"claim": "OTR generalises better than SFT", "verdict": None,
                        "note": "not testable in this miniature: no candidate passed the gate",
                        "gate": gate})
-    flat = {s: {a: {f"{n}/{m}": r["test"][n][m] for n in names for m in ("greedy", "pass@1", "pass@8")}
-                for a, r in arms.items()} for s, arms in results.items()}
+    columns = [(n, m) for n in names for m in ("greedy", "pass@1", "pass@8")]
+    flat = {s: {a: {f"{n}/{m}": r["test"][n][m] for n, m in columns} for a, r in arms.items()}
+            for s, arms in results.items()}
     protocol = {
         "written": "evaluation/README.md (OTR section), fixed before these runs",
         "task": {"train": "addition levels 1-2, 4000 problems", "warm_start": "300 supervised steps",
@@ -193,14 +194,9 @@ def main() -> None:
     }
     P.write_results(Path(args.out), {
         "claims": claims, "protocol": protocol,
-        "summary": P.summary(flat, sorted(next(iter(next(iter(flat.values())).values())))),
+        "summary": P.summary(flat, [f"{n}/{m}" for n, m in columns]),
         "runs": runs_out})
-    for c in claims:
-        if c.get("verdict"):
-            print(f"{c['claim']}: diff {c['diff_mean']:+.3f} ci95 [{c['ci95'][0]:+.3f}, "
-                  f"{c['ci95'][1]:+.3f}] -> {c['verdict']}")
-        else:
-            print(f"{c['claim']}: {c['note']}")
+    P.print_claims(claims)
 
 
 if __name__ == "__main__":

@@ -204,12 +204,7 @@ def main() -> None:
         "summary": {**P.summary(results, ["greedy", "pass@1", "pass@8"]),
                     "cosine_v_vs_target_sft_update": [r["cosine_v_vs_target_sft_update"] for r in runs_out]},
         "runs": runs_out})
-    for c in claims:
-        if c.get("verdict") is None:
-            print(f"{c['claim']}: {c.get('note')}")
-            continue
-        print(f"{c['claim']}: diff {c['diff_mean']:+.3f} ci95 [{c['ci95'][0]:+.3f}, "
-              f"{c['ci95'][1]:+.3f}] -> {c['verdict']}")
+    P.print_claims(claims)
 
 
 if __name__ == "__main__":

@@ -237,12 +237,7 @@ def main() -> None:
     P.write_results(Path(args.out), {
         "claims": claims, "protocol": protocol,
         "summary": P.summary(results, ["pass@1", "pass@8", "greedy"]), "runs": runs_out})
-    for c in claims:
-        if c.get("verdict") is None:
-            print(f"{c['claim']}: {c.get('note')}")
-            continue
-        print(f"{c['claim']}: diff {c['diff_mean']:+.3f} ci95 [{c['ci95'][0]:+.3f}, "
-              f"{c['ci95'][1]:+.3f}] -> {c['verdict']}")
+    P.print_claims(claims)
 
 
 if __name__ == "__main__":

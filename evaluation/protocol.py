@@ -8,7 +8,6 @@ rule changed here changes for every experiment at once, as an amendment would.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import statistics
 import subprocess
@@ -199,6 +198,16 @@ def summary(results: dict[int, dict[str, dict[str, float]]], metrics: Sequence[s
                 for m in metrics} for a in arms}
 
 
+def print_claims(claims: Sequence[dict[str, Any]]) -> None:
+    """One line per claim: the paired difference, its interval and the verdict, or why none."""
+    for c in claims:
+        if c.get("verdict") is None:
+            print(f"{c['claim']}: {c.get('note')}")
+            continue
+        print(f"{c['claim']}: diff {c['diff_mean']:+.3f} ci95 [{c['ci95'][0]:+.3f}, "
+              f"{c['ci95'][1]:+.3f}] -> {c['verdict']}")
+
+
 def write_results(path: Path, payload: dict[str, Any]) -> None:
     """Atomic write of a results file (a run cut short leaves the previous file whole)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +228,3 @@ class Clock:
 
     def total(self) -> float:
         return round(time.time() - self.t0, 1)
-
-
-def projected(unit_s: float, runs: int) -> float:
-    return math.ceil(unit_s * runs)

@@ -17,20 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 def _import_object(spec: str, field: str):
     """`package.module:name` imported from sys.path and, last, the working directory."""
-    import importlib
-    import os
-    import sys
+    from .plugins import import_user_module, resolve_attribute
 
     module, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
     try:
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
+        return resolve_attribute(import_user_module(module), attr)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"{field} {spec!r}: cannot import it ({e})") from e
-    return obj
 
 
 def registered(kind: str) -> list[str]:

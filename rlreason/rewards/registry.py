@@ -16,17 +16,15 @@ summed over processes) raises `RewardError`.
 """
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import signal
-import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rlreason.plugins import import_user_module, resolve_attribute
 from rlreason.types import Problem
 
 __all__ = [
@@ -94,20 +92,16 @@ def resolve_reward(spec: str) -> RewardFn:
     hint = f"registered rewards: {', '.join(registered_rewards())}"
     if not module_name or not attr:
         raise RewardError(f"reward spec {spec!r} must look like 'package.module:function'; {hint}")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.append(cwd)
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
     except Exception as exc:  # ImportError, or whatever the module raises while importing
         raise RewardError(
             f"reward {spec!r}: cannot import module {module_name!r} ({exc!r}); {hint}"
         ) from exc
-    fn: Any = module
-    for part in attr.split("."):
-        if not hasattr(fn, part):
-            raise RewardError(f"reward {spec!r}: module {module_name!r} has no attribute {attr!r}; {hint}")
-        fn = getattr(fn, part)
+    try:
+        fn: Any = resolve_attribute(module, attr)
+    except AttributeError:
+        raise RewardError(f"reward {spec!r}: module {module_name!r} has no attribute {attr!r}; {hint}") from None
     if not callable(fn):
         raise RewardError(f"reward {spec!r}: {attr!r} is not callable")
     return fn
