@@ -95,11 +95,30 @@ def scored(r: dict, sets: dict, split: int, names) -> dict:
     return out
 
 
+def run_scored(arm: str, config: dict, seed: int, steps: int, work: Path, phase: str, index: int,
+               sets: dict, split: int, names) -> dict:
+    """One run and its scores on the named sets, under "val" (one job of protocol.pmap)."""
+    r = run(arm, config, seed, steps, work, phase, index)
+    r["val"] = scored(r, sets, split, names)
+    return r
+
+
+def warm_start(seed: int) -> Path:
+    from rlreason.config import load_config
+    from rlreason.tiny import resolve_model_path
+
+    cfg = load_config(None, [*COMMON, f"model.tiny.seed={seed}"])
+    return Path(resolve_model_path(cfg.model, cfg.data.synthetic,
+                                   log=P.log_to_stderr(f"warm start seed {seed}")))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cut", type=int, default=0, choices=[0, 1, 2, 3])
     ap.add_argument("--step-factor", type=float, default=1.0, help="cut 3's factor")
     ap.add_argument("--quick", action="store_true", help="smoke test: not the protocol")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="runs side by side, one thread each (protocol.pmap)")
     ap.add_argument("--work", default="runs/otr_synthetic")
     ap.add_argument("--out", default=str(P.HERE / "results" / "otr_synthetic.json"))
     args = ap.parse_args()
@@ -116,12 +135,13 @@ def main() -> None:
     # ---- tuning on in-distribution validation greedy accuracy
     tuned: dict = {arm: {} for arm in ARMS}
     picks, validation = {}, {}
+    for s in tuning_seeds:
+        warm_start(s)  # built once here, not by each worker at once
+    jobs = [(arm, config, s, steps, work, "tune", i, sets, 0, ["in_dist"])
+            for arm in ARMS for i, config in enumerate(grids[arm]) for s in tuning_seeds]
+    for job, r in zip(jobs, P.pmap(run_scored, jobs, args.workers)):
+        tuned[job[0]][(job[6], job[2])] = r
     for arm in ARMS:
-        for i, config in enumerate(grids[arm]):
-            for s in tuning_seeds:
-                r = run(arm, config, s, steps, work, "tune", i)
-                r["val"] = scored(r, sets, 0, ["in_dist"])
-                tuned[arm][(i, s)] = r
         scores = {i: [tuned[arm][(i, s)]["val"]["in_dist"]["greedy"] for s in tuning_seeds]
                   for i in range(len(grids[arm]))}
         best, means = P.pick(grids[arm], scores)
@@ -152,13 +172,12 @@ def main() -> None:
     results: dict = {}
     runs_out = []
     names = ["in_dist"] + ([general] if general else [])
-    for s in test_seeds:
-        results[s] = {}
-        for arm in ARMS:
-            r = run(arm, picks[arm], s, steps, work, "test", picks[arm + "_index"])
-            r["test"] = scored(r, sets, 1, names)
-            results[s][arm] = r
-            runs_out.append({k: (str(v) if k == "dir" else v) for k, v in r.items()})
+    jobs = [(arm, picks[arm], s, steps, work, "test", picks[arm + "_index"], sets, 1, names)
+            for s in test_seeds for arm in ARMS]
+    for (arm, _, s, *_), r in zip(jobs, P.pmap(run_scored, jobs, args.workers)):
+        r["test"] = r.pop("val")
+        results.setdefault(s, {})[arm] = r
+        runs_out.append({k: (str(v) if k == "dir" else v) for k, v in r.items()})
     clock.lap("test")
 
     claims = [P.claim("OTR beats SFT in distribution", "2-digit test greedy accuracy", "otr", "sft",
@@ -180,7 +199,7 @@ def main() -> None:
                  "in_dist": "128 2-digit validation + 128 test",
                  "candidates": {n: {"task": t, "difficulty": d, "carries": c} for n, t, d, c in CANDIDATES}},
         "gate": gate, "cut_level": args.cut, "step_factor": args.step_factor if args.cut >= 3 else 1.0,
-        "quick": args.quick, "seeds": test_seeds, "tuning_seeds": tuning_seeds,
+        "quick": args.quick, "workers": args.workers, "seeds": test_seeds, "tuning_seeds": tuning_seeds,
         "steps": {arm: steps for arm in ARMS}, "examples_per_step": EXAMPLES,
         "per_arm": {arm: P.sum_compute([results[s][arm]["compute"] for s in results]) for arm in ARMS},
         "median_step_s": {arm: statistics.median(results[s][arm]["compute"]["median_step_s"]

@@ -101,11 +101,42 @@ def score(model: Path, problems, seed: int, tag: str) -> dict:
     return r
 
 
+def tune_sft(arm: str, start: Path, i: int, lr: float, s: int, sft_steps: int, work: Path, val) -> dict:
+    """One tuning run of target_sft or sequential, scored on validation (a protocol.pmap job)."""
+    t = target_sft(start, lr, s, sft_steps, work / "tune" / f"{arm}-lr{lr:g}-seed{s}")
+    return {**t, "val": score(t["model"], val, s, f"tune {arm} lr {lr:g} seed {s}")}
+
+
+def seed_runs(s: int, steps: dict, picks: dict, work: Path, test):
+    """Every arm of one test seed: (scores by arm, compute by arm, cosine(v, SFT update))."""
+    from rlreason import skills
+
+    src = source_stage(s, steps["rl"], work / "test")
+    tgt = target_sft(src["theta_sft"], picks["target_sft"]["target_sft_lr"], s, steps["sft"],
+                     work / "test" / f"target_sft-seed{s}")
+    seq = target_sft(src["theta_rl"], picks["sequential"]["target_sft_lr"], s, steps["sft"],
+                     work / "test" / f"sequential-seed{s}")
+    past = past_model(tgt["model"], src["v"], picks["past"]["lambda"], work / "test" / f"past-seed{s}")
+    skills.extract(src["theta_sft"], tgt["model"], work / "test" / f"sft-update-seed{s}")
+    cosine = skills.inspect(src["v"], work / "test" / f"sft-update-seed{s}")["cosine"]
+    res = {"past": score(past, test, s, f"test past seed {s}"),
+           "target_sft": score(tgt["model"], test, s, f"test target_sft seed {s}"),
+           "sequential": score(seq["model"], test, s, f"test sequential seed {s}"),
+           "source_sft_only": score(src["theta_sft"], test, s, f"test theta_sft seed {s}")}
+    rl = {f"rl_{k}": v for k, v in src["compute"].items()}
+    comp = {"target_sft": {f"sft_{k}": v for k, v in tgt["compute"].items()},
+            "past": {**rl, **{f"sft_{k}": v for k, v in tgt["compute"].items()}},
+            "sequential": {**rl, **{f"sft_{k}": v for k, v in seq["compute"].items()}}}
+    return res, comp, cosine
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cut", type=int, default=0, choices=[0, 1, 2, 3])
     ap.add_argument("--step-factor", type=float, default=1.0, help="cut 3's factor (RL stage)")
     ap.add_argument("--quick", action="store_true", help="smoke test: not the protocol")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="runs side by side, one thread each (protocol.pmap)")
     ap.add_argument("--work", default="runs/past_synthetic")
     ap.add_argument("--out", default=str(P.HERE / "results" / "past_synthetic.json"))
     args = ap.parse_args()
@@ -123,12 +154,14 @@ def main() -> None:
     # ---- tuning: target_sft's and sequential's lr, then past's lambda at target_sft's lr
     tuning = {"target_sft": {}, "sequential": {}, "past": {}}
     sources = {}
-    for s in tuning_seeds:
-        src = sources[s] = source_stage(s, steps["rl"], work / "tune")
-        for i, lr in enumerate(lrs):
-            for arm, start in (("target_sft", src["theta_sft"]), ("sequential", src["theta_rl"])):
-                t = target_sft(start, lr, s, steps["sft"], work / "tune" / f"{arm}-lr{lr:g}-seed{s}")
-                tuning[arm][(i, s)] = {**t, "val": score(t["model"], val, s, f"tune {arm} lr {lr:g} seed {s}")}
+    for s, src in zip(tuning_seeds, P.pmap(source_stage, [(s, steps["rl"], work / "tune")
+                                                         for s in tuning_seeds], args.workers)):
+        sources[s] = src
+    jobs = [(arm, sources[s]["theta_sft" if arm == "target_sft" else "theta_rl"], i, lr, s,
+             steps["sft"], work, val) for s in tuning_seeds for i, lr in enumerate(lrs)
+            for arm in ("target_sft", "sequential")]
+    for (arm, _, i, _, s, *_), t in zip(jobs, P.pmap(tune_sft, jobs, args.workers)):
+        tuning[arm][(i, s)] = t
     picks, validation = {}, {}
     for arm in ("target_sft", "sequential"):
         scores = {i: [tuning[arm][(i, s)]["val"]["greedy"] for s in tuning_seeds] for i in range(len(lrs))}
@@ -151,30 +184,15 @@ def main() -> None:
     print(f"picks {picks}", file=sys.stderr, flush=True)
 
     # ---- test: seeds 0-7, scored once
-    from rlreason import skills
 
     results: dict = {}
     runs_out, compute = [], {"past": [], "target_sft": [], "sequential": []}
-    for s in test_seeds:
-        src = source_stage(s, steps["rl"], work / "test")
-        tgt = target_sft(src["theta_sft"], picks["target_sft"]["target_sft_lr"], s, steps["sft"],
-                         work / "test" / f"target_sft-seed{s}")
-        seq = target_sft(src["theta_rl"], picks["sequential"]["target_sft_lr"], s, steps["sft"],
-                         work / "test" / f"sequential-seed{s}")
-        past = past_model(tgt["model"], src["v"], picks["past"]["lambda"], work / "test" / f"past-seed{s}")
-        skills.extract(src["theta_sft"], tgt["model"], work / "test" / f"sft-update-seed{s}")
-        cosine = skills.inspect(src["v"], work / "test" / f"sft-update-seed{s}")["cosine"]
-        results[s] = {"past": score(past, test, s, f"test past seed {s}"),
-                      "target_sft": score(tgt["model"], test, s, f"test target_sft seed {s}"),
-                      "sequential": score(seq["model"], test, s, f"test sequential seed {s}"),
-                      "source_sft_only": score(src["theta_sft"], test, s, f"test theta_sft seed {s}")}
-        rl = src["compute"]
-        compute["target_sft"].append({f"sft_{k}": v for k, v in tgt["compute"].items()})
-        compute["past"].append({**{f"rl_{k}": v for k, v in rl.items()},
-                                **{f"sft_{k}": v for k, v in tgt["compute"].items()}})
-        compute["sequential"].append({**{f"rl_{k}": v for k, v in rl.items()},
-                                      **{f"sft_{k}": v for k, v in seq["compute"].items()}})
-        runs_out.append({"seed": s, "cosine_v_vs_target_sft_update": cosine, **results[s]})
+    for s, (res, comp, cosine) in zip(test_seeds, P.pmap(
+            seed_runs, [(s, steps, picks, work, test) for s in test_seeds], args.workers)):
+        results[s] = res
+        for arm, c in comp.items():
+            compute[arm].append(c)
+        runs_out.append({"seed": s, "cosine_v_vs_target_sft_update": cosine, **res})
     clock.lap("test")
 
     metric = "target test greedy accuracy"
@@ -188,7 +206,7 @@ def main() -> None:
                  "theta_sft": "450 supervised steps on the source, per seed",
                  "n_target_train": 2000, "n_val": N_VAL, "n_test": N_TEST},
         "cut_level": args.cut, "step_factor": args.step_factor if args.cut >= 3 else 1.0,
-        "quick": args.quick, "seeds": test_seeds, "tuning_seeds": tuning_seeds,
+        "quick": args.quick, "workers": args.workers, "seeds": test_seeds, "tuning_seeds": tuning_seeds,
         "steps": {"rl": steps["rl"], "sft": steps["sft"]},
         "per_arm": {arm: P.sum_compute(c) for arm, c in compute.items()},
         "compute_note": "target_sft has no RL stage: it has less compute than past and sequential "

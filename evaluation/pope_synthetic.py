@@ -125,12 +125,26 @@ def warm_start(task: str, seed: int) -> Path:
                                    log=P.log_to_stderr(f"warm start {task} seed {seed}")))
 
 
+def seed_runs(task: str, s: int, picks: dict, steps: int, work: Path, test) -> dict:
+    """Every arm of one test seed: pope first, since its probes set the others' extra steps."""
+    warm = P.evaluate(warm_start(task, s), test, s)
+    pope = run(task, "pope", s, picks["pope"]["train.learning_rate"], steps, work, test, "test")
+    extra = extra_steps(pope["compute"]["samples_probes"])
+    out = {"pope": pope}
+    for arm in ("plain_hard", "mixed_easy_hard"):
+        out[arm] = run(task, arm, s, picks[arm]["train.learning_rate"], steps + extra, work, test, "test")
+    out["warm_start_only"] = warm
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cut", type=int, default=0, choices=[0, 1, 2, 3],
                     help="apply the protocol's pre-declared cuts 1..N")
     ap.add_argument("--step-factor", type=float, default=1.0, help="cut 3's factor")
     ap.add_argument("--quick", action="store_true", help="smoke test: not the protocol")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="runs side by side, one thread each (protocol.pmap)")
     ap.add_argument("--work", default="runs/pope_synthetic")
     ap.add_argument("--out", default=str(P.HERE / "results" / "pope_synthetic.json"))
     args = ap.parse_args()
@@ -181,13 +195,15 @@ def main() -> None:
 
     # ---- tuning: every arm, every grid lr, every tuning seed, on validation
     tuning: dict = {arm: {} for arm in ARMS}
-    for lr in lrs:
-        for s in tuning_seeds:
-            tuning["pope"][(lr, s)] = run(task, "pope", s, lr, steps, work, val, "tune")
-            tuning["plain_hard"][(lr, s)] = gate_runs[task].get((lr, s)) or run(
-                task, "plain_hard", s, lr, steps + base_extra, work, val, "tune")
-            tuning["mixed_easy_hard"][(lr, s)] = run(task, "mixed_easy_hard", s, lr,
-                                                     steps + base_extra, work, val, "tune")
+    for s in tuning_seeds:
+        warm_start(task, s)  # built once here, not by each worker at once
+    jobs = [(task, arm, s, lr, steps + (0 if arm == "pope" else base_extra), work, val, "tune")
+            for lr in lrs for s in tuning_seeds for arm in ARMS
+            if not (arm == "plain_hard" and (lr, s) in gate_runs[task])]
+    for r in P.pmap(run, jobs, args.workers):
+        tuning[r["arm"]][(r["lr"], r["seed"])] = r
+    for (lr, s), r in gate_runs[task].items():
+        tuning["plain_hard"][(lr, s)] = r
     picks, validation = {}, {}
     for arm in ARMS:
         scores = {i: [tuning[arm][(lr, s)]["pass@1"] for s in tuning_seeds] for i, lr in enumerate(lrs)}
@@ -199,19 +215,12 @@ def main() -> None:
     print(f"picks: {picks}", file=sys.stderr, flush=True)
 
     # ---- test: the picked configuration of each arm, seeds 0-7, scored once
-    results: dict = {}
+    results: dict = dict(zip(test_seeds, P.pmap(
+        seed_runs, [(task, s, picks, steps, work, test) for s in test_seeds], args.workers)))
     runs_out = []
     for s in test_seeds:
-        warm = P.evaluate(warm_start(task, s), test, s)
-        pope = run(task, "pope", s, picks["pope"]["train.learning_rate"], steps, work, test, "test")
-        extra = extra_steps(pope["compute"]["samples_probes"])
-        results[s] = {"pope": pope}
-        for arm in ("plain_hard", "mixed_easy_hard"):
-            results[s][arm] = run(task, arm, s, picks[arm]["train.learning_rate"], steps + extra,
-                                  work, test, "test")
-        results[s]["warm_start_only"] = warm
         runs_out += [results[s][a] for a in ARMS]
-        runs_out.append({"arm": "warm_start_only", "seed": s, **warm})
+        runs_out.append({"arm": "warm_start_only", "seed": s, **results[s]["warm_start_only"]})
     clock.lap("test")
 
     metric = lambda r: r["pass@1"]  # noqa: E732
@@ -225,7 +234,7 @@ def main() -> None:
                  "warm_start": "carries not_units, 1500 supervised steps",
                  "n_train": 512, "n_val": N_VAL, "n_test": N_TEST},
         "gate": gate, "cut_level": args.cut, "step_factor": args.step_factor if args.cut >= 3 else 1.0,
-        "quick": args.quick, "seeds": test_seeds, "tuning_seeds": tuning_seeds,
+        "quick": args.quick, "workers": args.workers, "seeds": test_seeds, "tuning_seeds": tuning_seeds,
         "steps": {arm: {"base": steps, "extra_for_probes": arm != "pope"} for arm in ARMS},
         "per_arm": {arm: P.sum_compute([results[s][arm]["compute"] for s in results]) for arm in ARMS},
         "tuning_compute": {arm: P.sum_compute([r["compute"] for r in tuning[arm].values()]) for arm in ARMS},

@@ -7,12 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CUT="${CUT:-1}"
+WORKERS="${WORKERS:-2}"  # runs side by side, one thread each (evaluation/protocol.py pmap)
 export RLREASON_CACHE="${RLREASON_CACHE:-$(mktemp -d /tmp/rlreason-eval-cache.XXXXXX)}"
 mkdir -p runs
 start=$(date +%s)
 for exp in pope otr past; do
   t0=$(date +%s)
-  python "evaluation/${exp}_synthetic.py" --cut "$CUT" 2> "runs/${exp}_synthetic.log"
+  python "evaluation/${exp}_synthetic.py" --cut "$CUT" --workers "$WORKERS" 2> "runs/${exp}_synthetic.log"
   echo "${exp}: $(( $(date +%s) - t0 )) s"
 done
 echo "total: $(( $(date +%s) - start )) s (cache ${RLREASON_CACHE})"

@@ -108,3 +108,17 @@ def test_validation_and_test_sets_are_disjoint_from_training_and_each_other(scri
         v, t = {p.prompt for p in val}, {p.prompt for p in test}
         assert len(v) == len(val) and len(t) == len(test)
         assert not v & t and not v & seen and not t & seen
+
+
+def _square_and_threads(x: int) -> tuple[int, int]:
+    import torch
+
+    return x * x, torch.get_num_threads()
+
+
+def test_pmap_keeps_job_order_and_runs_workers_with_one_thread():
+    jobs = [(i,) for i in range(5)]
+    assert P.pmap(_square_and_threads, jobs, 1) == [_square_and_threads(i) for i in range(5)]
+    side_by_side = P.pmap(_square_and_threads, jobs, 2)
+    assert [sq for sq, _ in side_by_side] == [0, 1, 4, 9, 16]
+    assert {threads for _, threads in side_by_side} == {1}
