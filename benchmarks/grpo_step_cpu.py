@@ -16,8 +16,15 @@ machine, which drifts over tens of seconds here, falls on both alike; run one af
 other, the ratio moved by +-10% between runs. `--schedule sequential` runs all of
 rlreason's steps and then TRL's; `--only` runs a single system.
 
+TRL turns gradient checkpointing on by default; a user of a small model turns it off, so
+by default TRL is timed both ways (`--trl-gradient-checkpointing both`): two interleaved
+passes, each against a fresh rlreason side, and both ratios reported. `--size` scales the
+problem: `large` is a ~14x larger model (8 layers, hidden 768), `long` 4x longer completions
+(256 new tokens), to show how the cost of each system grows.
+
 usage:
   python benchmarks/grpo_step_cpu.py --steps 12 --out benchmarks/results/grpo_step_cpu.json
+  python benchmarks/grpo_step_cpu.py --size large --steps 6 --out benchmarks/results/grpo_step_cpu_large.json
   python benchmarks/grpo_step_cpu.py --steps 4 --only rlreason
 """
 from __future__ import annotations
@@ -47,17 +54,25 @@ SEED = 0
 NUM_PROMPTS = 256
 PROMPTS_PER_STEP = 8
 NUM_GENERATIONS = 4
-MAX_COMPLETION_LENGTH = 64
+# model and completion length per --size: base is the peer's setup
+SIZES = {
+    "base": {"hidden": 256, "intermediate": 768, "layers": 4, "heads": 4, "max_completion_length": 64},
+    "large": {"hidden": 768, "intermediate": 2048, "layers": 8, "heads": 12, "max_completion_length": 64},
+    "long": {"hidden": 256, "intermediate": 768, "layers": 4, "heads": 4, "max_completion_length": 256},
+}
 LEARNING_RATE = 1e-4
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.5  # against TRL with gradient checkpointing off where timed
+TRL_GC_MODES = {"default": [None], "off": [False], "both": [None, False]}
+GC_SUFFIX = {None: "", False: "_no_gradient_checkpointing"}
 LORA = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}  # the peer's --lora
 
 
 # ---------------------------------------------------------------- shared setup (as the peer's)
 
 
-def build_model(path: str) -> None:
-    """The peer's char tokenizer + LlamaConfig(256/768, 4 layers, 4 heads, tied), saved to `path`."""
+def build_model(path: str, size: dict) -> None:
+    """The peer's char tokenizer + a tied LlamaConfig of `size` (base: 256/768, 4 layers, 4
+    heads, the peer's), saved to `path`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -70,9 +85,11 @@ def build_model(path: str) -> None:
     tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>", unk_token="<pad>")
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=256, intermediate_size=768,
-                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                      max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=size["hidden"], intermediate_size=size["intermediate"],
+                      num_hidden_layers=size["layers"], num_attention_heads=size["heads"],
+                      num_key_value_heads=size["heads"],
+                      max_position_embeddings=max(256, 2 * size["max_completion_length"]),
+                      bos_token_id=1, eos_token_id=2,
                       pad_token_id=0, tie_word_embeddings=True)
     seed_all(SEED)
     LlamaForCausalLM(cfg).save_pretrained(path)
@@ -122,7 +139,7 @@ class RlreasonSteps:
     interleaved with TRL's (see `--schedule`)."""
 
     def __init__(self, model_dir: str, work: str, steps: int, rollout_dtype: str = "auto",
-                 lora: bool = False):
+                 lora: bool = False, max_len: int = 64, tag: str = ""):
         from rlreason.config import RecipeConfig
         from rlreason.rewards import RewardFunction
         from rlreason.trainer import build_run
@@ -135,14 +152,14 @@ class RlreasonSteps:
             "data": {"source": str(data), "template": "plain"},
             "rewards": [{"name": "exact_match"}],  # replaced by `starts_with` below
             "rollout": {"backend": "hf", "temperature": 1.0, "top_p": 1.0,
-                        "max_completion_length": MAX_COMPLETION_LENGTH, "dtype": rollout_dtype},
+                        "max_completion_length": max_len, "dtype": rollout_dtype},
             # loss_type: TRL 1.16's GRPOConfig default is "dapo"; adam/scheduler as TRL's defaults.
             # skip_zero_advantage off: the untrained model scores 0 on every sample, so every
             # advantage is 0 and rlreason would (exactly) skip all training work; TRL does not,
             # and the comparison is about the same work.
             "algo": {"num_generations": NUM_GENERATIONS, "beta": 0.0, "loss_type": "dapo",
                      "skip_zero_advantage": False},
-            "train": {"output_dir": str(Path(work) / f"rlreason_out_{rollout_dtype}"), "max_steps": steps,
+            "train": {"output_dir": str(Path(work) / f"rlreason_out_{rollout_dtype}{tag}"), "max_steps": steps,
                       "prompts_per_step": PROMPTS_PER_STEP, "micro_batch_size": 32,
                       "learning_rate": LEARNING_RATE, "lr_scheduler": "linear",
                       "adam_beta2": 0.999, "seed": SEED, "plot": False},
@@ -184,9 +201,9 @@ class RlreasonSteps:
 
 
 def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int, rollout_dtype: str = "auto",
-                   lora: bool = False) -> dict:
+                   lora: bool = False, max_len: int = 64) -> dict:
     seed_all()
-    side = RlreasonSteps(model_dir, work, steps, rollout_dtype, lora)
+    side = RlreasonSteps(model_dir, work, steps, rollout_dtype, lora, max_len)
     for _ in range(steps):
         side.step()
     return side.summary(warmup)
@@ -196,8 +213,10 @@ def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int, rollout_d
 
 
 def bench_trl(model_dir: str, work: str, steps: int, warmup: int,
-              between_steps: Callable[[], None] | None = None, lora: bool = False) -> dict:
-    """`between_steps` runs after each TRL step, outside its timed span (interleaving)."""
+              between_steps: Callable[[], None] | None = None, lora: bool = False, max_len: int = 64,
+              gradient_checkpointing: bool | None = None) -> dict:
+    """`between_steps` runs after each TRL step, outside its timed span (interleaving);
+    `gradient_checkpointing` None keeps TRL's default (on)."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -219,10 +238,11 @@ def bench_trl(model_dir: str, work: str, steps: int, warmup: int,
     def reward(completions, answer, **kw):
         return [1.0 if c.strip().startswith(x) else 0.0 for c, x in zip(completions, answer)]
 
+    gc = {} if gradient_checkpointing is None else {"gradient_checkpointing": gradient_checkpointing}
     cfg = GRPOConfig(output_dir=str(Path(work) / "trl_out"), per_device_train_batch_size=32,
-                     num_generations=NUM_GENERATIONS, max_completion_length=MAX_COMPLETION_LENGTH,
+                     num_generations=NUM_GENERATIONS, max_completion_length=max_len,
                      max_steps=steps, learning_rate=LEARNING_RATE, logging_steps=1, report_to=[],
-                     use_cpu=True, bf16=False, save_strategy="no", seed=SEED, beta=0.0)
+                     use_cpu=True, bf16=False, save_strategy="no", seed=SEED, beta=0.0, **gc)
     timer = StepTimer()
     seed_all()
     peft_config = None
@@ -296,6 +316,10 @@ def main() -> None:
                          "see the same machine load; sequential: all rlreason steps, then TRL's")
     ap.add_argument("--lora", action="store_true",
                     help="both systems train LoRA adapters (r 8, alpha 16, q_proj and v_proj: the peer's --lora)")
+    ap.add_argument("--size", choices=sorted(SIZES), default="base",
+                    help="base: the peer's model and 64 new tokens; large: 8 layers, hidden 768; long: 256 new tokens")
+    ap.add_argument("--trl-gradient-checkpointing", choices=sorted(TRL_GC_MODES), default="both",
+                    help="TRL as it comes (default: on), off (as a small-model user runs it), or both")
     ap.add_argument("--bf16-rollouts", action="store_true",
                     help="also time rlreason with rollout.dtype=bfloat16 (fp32 training, bf16 sampling)")
     args = ap.parse_args()
@@ -307,14 +331,17 @@ def main() -> None:
     env["loadavg_start"] = list(os.getloadavg())
     result: dict = {
         "settings": {
-            "model": "LlamaConfig(vocab 49, hidden 256, intermediate 768, 4 layers, 4 heads, "
-                     "tied embeddings), random init seed 0, float32",
+            "size": args.size,
+            "model": (f"LlamaConfig(vocab 49, hidden {SIZES[args.size]['hidden']}, intermediate "
+                      f"{SIZES[args.size]['intermediate']}, {SIZES[args.size]['layers']} layers, "
+                      f"{SIZES[args.size]['heads']} heads, tied embeddings), random init seed 0, float32"),
             "tokenizer": "character-level WordLevel (peer's)",
             "num_prompts": NUM_PROMPTS,
             "prompts_per_step": PROMPTS_PER_STEP,
             "num_generations": NUM_GENERATIONS,
             "sequences_per_step": PROMPTS_PER_STEP * NUM_GENERATIONS,
-            "max_completion_length": MAX_COMPLETION_LENGTH,
+            "max_completion_length": SIZES[args.size]["max_completion_length"],
+            "trl_gradient_checkpointing": args.trl_gradient_checkpointing,
             "temperature": 1.0,
             "top_p": 1.0,
             "learning_rate": LEARNING_RATE,
@@ -337,42 +364,55 @@ def main() -> None:
         "meets_target": None,
         "env": env,
     }
+    size, modes = SIZES[args.size], TRL_GC_MODES[args.trl_gradient_checkpointing]
+    L = size["max_completion_length"]
     with tempfile.TemporaryDirectory(prefix="grpo_step_cpu-") as work:
         model_dir = str(Path(work) / "model")
-        build_model(model_dir)
+        build_model(model_dir, size)
         # Progress/log lines of either trainer go to stderr: stdout carries only the JSON.
         with contextlib.redirect_stdout(sys.stderr):
             if args.only is None and args.schedule == "interleaved":
-                seed_all()
-                sides = {"rlreason": RlreasonSteps(model_dir, work, args.steps, lora=args.lora)}
-                if args.bf16_rollouts:  # the same training, sampling from a bf16 copy
-                    sides["rlreason_bf16_rollouts"] = RlreasonSteps(model_dir, work, args.steps, "bfloat16",
-                                                                    lora=args.lora)
-                result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup,
-                                          between_steps=lambda: [s.step() for s in sides.values()],
-                                          lora=args.lora)
-                for name, side in sides.items():
-                    result[name] = side.summary(args.warmup)
+                for gc in modes:  # one pass per TRL setting, each against a fresh rlreason side
+                    sfx = GC_SUFFIX[gc]
+                    seed_all()
+                    sides = {"rlreason" + sfx: RlreasonSteps(model_dir, work, args.steps, lora=args.lora,
+                                                             max_len=L, tag=sfx)}
+                    if args.bf16_rollouts:  # the same training, sampling from a bf16 copy
+                        sides["rlreason_bf16_rollouts" + sfx] = RlreasonSteps(
+                            model_dir, work, args.steps, "bfloat16", lora=args.lora, max_len=L, tag=sfx)
+                    step_all = lambda sides=sides: [s.step() for s in sides.values()]  # noqa: E731
+                    result["trl" + sfx] = bench_trl(model_dir, work, args.steps, args.warmup, between_steps=step_all,
+                                                    lora=args.lora, max_len=L, gradient_checkpointing=gc)
+                    for name, side in sides.items():
+                        result[name] = side.summary(args.warmup)
             else:
                 if args.only in (None, "rlreason"):
-                    result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup, lora=args.lora)
+                    result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup, lora=args.lora,
+                                                        max_len=L)
                     if args.bf16_rollouts:
                         result["rlreason_bf16_rollouts"] = bench_rlreason(
-                            model_dir, work, args.steps, args.warmup, rollout_dtype="bfloat16", lora=args.lora)
+                            model_dir, work, args.steps, args.warmup, rollout_dtype="bfloat16", lora=args.lora,
+                            max_len=L)
                 if args.only in (None, "trl"):
-                    result["trl"] = bench_trl(model_dir, work, args.steps, args.warmup, lora=args.lora)
+                    for gc in modes:
+                        result["trl" + GC_SUFFIX[gc]] = bench_trl(model_dir, work, args.steps, args.warmup,
+                                                                  lora=args.lora, max_len=L, gradient_checkpointing=gc)
     env["loadavg_end"] = list(os.getloadavg())
-    r, t = result["rlreason"], result["trl"]
-    if r and t and r["median_step_s"] and t["median_step_s"]:
-        result["ratio"] = r["median_step_s"] / t["median_step_s"]
-        result["meets_target"] = result["ratio"] <= TARGET_RATIO
+    for sfx in GC_SUFFIX.values():
+        r, t = result.get("rlreason" + sfx) or result.get("rlreason"), result.get("trl" + sfx)
+        if not (r and t and r["median_step_s"] and t["median_step_s"]):
+            continue
+        result["ratio" + sfx] = r["median_step_s"] / t["median_step_s"]
         if args.schedule == "interleaved" and len(r["step_times_s"]) == len(t["step_times_s"]):
             # step i of each ran back to back: their ratio cancels load that changed slowly
             pairs = [a / b for a, b in zip(r["step_times_s"], t["step_times_s"])][args.warmup:]
-            result["paired_step_ratio_median"] = statistics.median(pairs)
-        b = result.get("rlreason_bf16_rollouts")
+            result["paired_step_ratio_median" + sfx] = statistics.median(pairs)
+        b = result.get("rlreason_bf16_rollouts" + sfx)
         if b and b["median_step_s"]:  # reported beside the same-precision ratio, not instead of it
-            result["ratio_bf16_rollouts"] = b["median_step_s"] / t["median_step_s"]
+            result["ratio_bf16_rollouts" + sfx] = b["median_step_s"] / t["median_step_s"]
+    # the target is against the tuned peer where it was timed, else against TRL's defaults
+    tuned = result.get("ratio" + GC_SUFFIX[False], result.get("ratio"))
+    result["meets_target"] = None if tuned is None else tuned <= TARGET_RATIO
     text = json.dumps(result, indent=2)
     if args.out:
         out = Path(args.out)

@@ -213,3 +213,8 @@ def completion_logprobs(model, batch: dict[str, Any], temperature: float,
     targets = torch.cat([ids[:, P:], ids.new_zeros(ids.size(0), 1)], dim=1)
     logp, entropy = token_logprobs(logits, targets, temperature, with_entropy)
     return logp[:, :-1], None if entropy is None else entropy[:, :-1]
+
+
+def stack_padded(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
+    """1-d tensors right-padded with 0 to `length` and stacked: [len(tensors), length]."""
+    return torch.stack([torch.nn.functional.pad(t, (0, length - t.numel())) for t in tensors])

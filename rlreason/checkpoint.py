@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 STATE_FILE = "trainer_state.json"
 
@@ -119,11 +120,9 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, tokenizer, opti
 
 def load_model_weights(model, folder: Path) -> None:
     """Load a checkpoint's weights into an already-built model (full or peft)."""
-    from safetensors.torch import load_file
-
     adapter = folder / "adapter_model.safetensors"
     if adapter.is_file():
-        from peft import set_peft_model_state_dict
+        from peft import set_peft_model_state_dict  # lazily: peft is heavy, needed only to resume LoRA runs
 
         result = set_peft_model_state_dict(model, load_file(str(adapter)))
         if getattr(result, "unexpected_keys", None):

@@ -12,13 +12,18 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .algos import ESTIMATORS, LOSSES, register_estimator, register_loss
+from .plugins import import_user_module, resolve_attribute
+from .registry import BACKENDS, SFT_LOSSES, Registry
+from .types import SamplingParams
+
+_REGISTRIES: dict[str, Registry] = {"backends": BACKENDS, "sft_losses": SFT_LOSSES}
 
 
 def _import_object(spec: str, field: str):
     """`package.module:name` imported from sys.path and, last, the working directory."""
-    from .plugins import import_user_module, resolve_attribute
-
     module, _, attr = spec.partition(":")
     try:
         return resolve_attribute(import_user_module(module), attr)
@@ -27,13 +32,14 @@ def _import_object(spec: str, field: str):
 
 
 def registered(kind: str) -> list[str]:
-    """The names a registry-backed field accepts, in registration order. The registries live
-    in the modules that implement them (algos: pure tensor code, importable from here)."""
+    """The names a registry-backed field accepts, in registration order: losses from algos
+    (pure tensor code, importable from here), the others from registry.py (implementations
+    above this layer, imported on use)."""
     if kind == "losses":
-        from .algos import LOSSES
-
         return list(LOSSES)
-    raise KeyError(kind)
+    if kind == "estimators":
+        return list(ESTIMATORS)
+    return _REGISTRIES[kind].names()
 
 
 class ConfigError(ValueError):
@@ -150,7 +156,9 @@ class RowFields(_Section):
     id_key: str | None = Field(None, description="Row field holding a unique id (default: '<source>-<index>').")
     prompt_key: str = Field("prompt", description="Row field holding the problem text.")
     messages_key: str | None = Field(None, description="Row field holding a chat message list.")
-    answer_key: str = Field("answer", description="Row field holding the reference answer.")
+    answer_key: str | None = Field(
+        "answer", description="Row field holding the reference answer; null: data without labels (train with a "
+        "label-free reward: majority_vote, urpa).")
     solution_key: str | None = Field(None, description="Row field holding a worked (oracle) solution.")
     answer_extractor: Literal["none", "gsm8k", "boxed"] = Field(
         "none", description="How to cut the final answer out of the answer field."
@@ -201,9 +209,15 @@ class RewardSpec(_Section):
 
 
 class RolloutConfig(_Section):
-    backend: Literal["hf", "vllm", "server"] = Field(
-        "hf", description="Generation engine: hf (in-process), vllm (colocated), server (`rlreason serve`)."
+    backend: str = Field(
+        "hf", description="Generation engine: hf (in-process), vllm (colocated), server (`rlreason serve`), "
+        "or your own 'module:factory'.", json_schema_extra={"registry": "backends"},
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, v: str) -> str:
+        return BACKENDS.check(v)
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_completion_length: int = Field(64, gt=0, description="Maximum new tokens per completion.")
@@ -239,8 +253,6 @@ class RolloutConfig(_Section):
     def sampling(self, **overrides: Any):
         """The SamplingParams every rollout of a run uses (training, hardness probes,
         evaluation with its own temperature and length as overrides)."""
-        from .types import SamplingParams
-
         return SamplingParams(**{"temperature": self.temperature, "top_p": self.top_p,
                                  "max_tokens": self.max_completion_length, "stop": tuple(self.stop),
                                  **overrides})
@@ -257,8 +269,6 @@ class AlgoConfig(_Section):
     def _registered_loss(cls, v: str) -> str:
         names = registered("losses")
         if v not in names and ":" in v:  # a loss of your own, 'module:function', like rewards
-            from .algos import register_loss
-
             fn = _import_object(v, "algo.loss_type")
             register_loss(v, normalizer=getattr(fn, "normalizer", "step"))(fn)
             return v
@@ -269,7 +279,36 @@ class AlgoConfig(_Section):
                              + "; add one with rlreason.algos.register_loss, or name yours 'module:function'")
         return v
 
+    advantage_estimator: str = Field(
+        "grpo", description="How rewards become advantages: grpo (group baseline, scale_rewards), rloo "
+        "(leave-one-out mean), reinforce_pp (group mean out, whitened over the batch), or 'module:function'.",
+        json_schema_extra={"registry": "estimators"},
+    )
+
+    @field_validator("advantage_estimator")
+    @classmethod
+    def _registered_estimator(cls, v: str) -> str:
+        names = registered("estimators")
+        if v not in names and ":" in v:  # an estimator of your own, 'module:function'
+            register_estimator(v)(_import_object(v, "algo.advantage_estimator"))
+            return v
+        if v not in names:
+            near = difflib.get_close_matches(v, names, n=2, cutoff=0.5)
+            raise ValueError(f"{v!r} is not a registered advantage estimator ({', '.join(names)})"
+                             + (f"; did you mean {' or '.join(near)}?" if near else ""))
+        return v
+
     num_generations: int = Field(8, ge=2, description="Completions per prompt (group size).")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO: drop groups whose rewards are all equal and sample more prompts until the "
+        "step has train.prompts_per_step informative groups (or dynamic_sampling_max_rounds is reached).")
+    dynamic_sampling_max_rounds: int = Field(
+        4, ge=1, description="Dynamic sampling: most sampling rounds per step (the first included).")
+    top_entropy_quantile: float = Field(
+        1.0, gt=0, le=1, description="Train only on this top fraction of completion tokens by entropy, per "
+        "micro-batch ('forking tokens'; 1.0: every token).")
+    sapo_temperature_pos: float = Field(1.0, gt=0, description="loss_type sapo: gate temperature where A > 0.")
+    sapo_temperature_neg: float = Field(1.05, gt=0, description="loss_type sapo: gate temperature where A < 0.")
     beta: float = Field(0.0, ge=0, description="KL weight; 0 loads no reference model.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator.")
     epsilon: float = Field(0.2, gt=0, description="Lower clip range of the ratio.")
@@ -340,7 +379,14 @@ class GuidanceConfig(_Section):
 class SFTConfig(_Section):
     """Supervised fine-tuning (`rlreason sft`): plain cross-entropy or one-token rollout."""
 
-    loss: Literal["sft", "otr"] = Field("sft", description="Cross-entropy, or OTR (arXiv 2509.26313).")
+    loss: str = Field("sft", description="Cross-entropy, OTR (arXiv 2509.26313), or your own 'module:function'.",
+                      json_schema_extra={"registry": "sft_losses"})
+
+    @field_validator("loss")
+    @classmethod
+    def _registered_sft_loss(cls, v: str) -> str:
+        return SFT_LOSSES.check(v)
+
     otr_num_samples: int = Field(256, ge=1, description="OTR: candidate tokens sampled per position (K).")
     otr_temperature: float = Field(
         1.2, gt=0, description="OTR: sampling temperature tau (> 1 explores; the paper's value was not found)."
@@ -382,6 +428,9 @@ class EvalConfig(_Section):
     n: int = Field(1, ge=1, description="Samples per problem (pass@k and maj@k for k <= n).")
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding.")
     max_new_tokens: int | None = Field(None, gt=0, description="Default: max_completion_length.")
+    reward: str | None = Field(
+        None, description="Reward that grades held-out answers (default: the first of `rewards`); set it when "
+        "training label-free (majority_vote, urpa) to measure accuracy against the labels.")
 
 
 class TrainConfig(_Section):
@@ -456,6 +505,38 @@ class RecipeConfig(_Section):
     guidance: GuidanceConfig = Field(default_factory=GuidanceConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     past: PastConfig = Field(default_factory=PastConfig)
+
+    @field_validator("rewards")
+    @classmethod
+    def _some_reward(cls, v: list[RewardSpec]) -> list[RewardSpec]:
+        if not v:
+            raise ValueError("at least one reward is needed, e.g. [{name: math}]")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RecipeConfig:
+        d = self.data
+        if d.answer_key is None and self.eval.num_problems and d.source != "synthetic" \
+                and not d.source.startswith("reasoning_gym:"):
+            raise ValueError("data.answer_key is null, so the held-out problems have no labels to grade: set "
+                             "eval.num_problems=0 (or keep labels and train with a label-free reward)")
+        if self.guidance.enabled and self.guidance.batch == "twins" and self.train.prompts_per_step < 2:
+            raise ValueError("guidance.batch=twins needs train.prompts_per_step >= 2 (a guided prompt and "
+                             f"its unguided twin), got {self.train.prompts_per_step}")
+        return self
+
+    def check_world(self, world_size: int) -> None:
+        """Global batch semantics, checked before anything loads: train.prompts_per_step
+        prompts per optimizer step over all processes (whole prompts on each), and vLLM's
+        tensor-parallel blocks tiling the processes."""
+        P, tp = self.train.prompts_per_step, self.rollout.vllm_tensor_parallel_size
+        if P % world_size:
+            up = (P // world_size + 1) * world_size
+            raise ValueError(f"train.prompts_per_step={P} does not split over {world_size} processes "
+                             f"(each must get whole prompts): use a multiple of {world_size}, e.g. {up}")
+        if self.rollout.backend == "vllm" and world_size > 1 and world_size % tp:  # engines per block
+            raise ValueError(f"rollout.vllm_tensor_parallel_size={tp} must divide the number of "
+                             f"training processes ({world_size})")
 
 
 # ---------------------------------------------------------------- loading

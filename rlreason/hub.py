@@ -21,7 +21,7 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
 def _api():
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # lazily: hub upload code, needed only with train.push_to_hub
 
     return HfApi()
 

@@ -105,7 +105,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def plot_rewards(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     """Reward per step (and its moving average) with held-out accuracy, as a PNG."""
-    try:
+    try:  # lazily: matplotlib is heavy and only draws this plot (none when it is missing)
         import matplotlib
 
         matplotlib.use("Agg")

@@ -9,16 +9,17 @@ rollout, data or loop code.
 from __future__ import annotations
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .config import ModelConfig
+from .skills import apply_in_memory
+from .types import Adapter
 
 # dtype names a recipe may use (model.dtype, rollout.dtype) and the torch dtypes they mean
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_tokenizer(name_or_path: str):
-    from transformers import AutoTokenizer
-
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
@@ -32,8 +33,6 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_causal_lm(name_or_path: str, cfg: ModelConfig):
-    from transformers import AutoModelForCausalLM
-
     kwargs = {}
     if cfg.dtype != "auto":
         kwargs["dtype"] = TORCH_DTYPES[cfg.dtype]
@@ -50,7 +49,7 @@ def load_causal_lm(name_or_path: str, cfg: ModelConfig):
 
 def apply_lora(model, cfg: ModelConfig):
     """Wrap `model` with fresh peft LoRA adapters; only adapter weights stay trainable."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # lazily: peft is heavy, needed only with model.lora.enabled
 
     lc = cfg.lora
     peft_cfg = LoraConfig(
@@ -66,8 +65,6 @@ def load_policy(path: str, cfg: ModelConfig, log=print):
     tok = load_tokenizer(cfg.tokenizer or path)
     model = load_causal_lm(path, cfg)
     for spec in cfg.skills:  # PaST: theta + lambda * v, in memory (before any LoRA wrapping)
-        from .skills import apply_in_memory
-
         n = apply_in_memory(model, spec.path, spec.scale, spec.modules)
         log(f"skill vector {spec.path} x {spec.scale} applied to {n} tensors")
     if cfg.gradient_checkpointing:
@@ -83,3 +80,11 @@ def load_reference(path: str, cfg: ModelConfig):
     ref = load_causal_lm(path, cfg)
     ref.requires_grad_(False)
     return ref.eval()
+
+
+def lora_adapter(policy, state_dict: dict[str, torch.Tensor]) -> Adapter:
+    """The policy's LoRA adapter as an in-memory `Adapter` for an engine (no merge, no file):
+    its config and its tensors, picked from `state_dict` (whole, gathered from shards)."""
+    from peft import get_peft_model_state_dict  # lazily: LoRA runs only
+
+    return Adapter(policy.peft_config["default"], get_peft_model_state_dict(policy, state_dict=state_dict))

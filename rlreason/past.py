@@ -17,11 +17,19 @@ and `rlreason skill`, so each can be inspected or resumed by hand.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 from typing import Any
 
+from . import skills
 from .config import DataConfig, RecipeConfig, SkillSpec, dump_config
+from .data.splits import load_splits
+from .models import TORCH_DTYPES
+from .run_dir import check_output_dir, claim_output_dir
+from .sft import train_sft
+from .tiny import resolve_model_path
+from .trainer import build_run, evaluate, train
 from .types import Problem
 
 
@@ -37,9 +45,7 @@ def _stage(cfg: RecipeConfig, out: Path, *, model: str, data: DataConfig, steps:
 
 def _load(cfg: RecipeConfig, data: DataConfig) -> tuple[list[Problem], list[Problem]]:
     """(train, held-out) problems of `data`, as a stage of this recipe would load them."""
-    from .trainer import load_data
-
-    return load_data(cfg.model_copy(update={"data": data}))
+    return load_splits(data, cfg.train.seed)
 
 
 def _write(problems: list[Problem], path: Path) -> Path:
@@ -83,8 +89,6 @@ def _validation_split(cfg: RecipeConfig, data: DataConfig, fraction: float,
     """The target's training rows less a random `fraction` of them (the validation slice),
     with that slice as the held-out set: target SFT trains on the rest and reports on it,
     and the scale is picked on it; the test split is never read."""
-    import random
-
     train, _ = _load(cfg, data)
     order = list(range(len(train)))
     random.Random(cfg.train.seed).shuffle(order)
@@ -100,13 +104,6 @@ def _validation_split(cfg: RecipeConfig, data: DataConfig, fraction: float,
 
 
 def run_past(cfg: RecipeConfig, log=print) -> dict[str, Any]:
-    from . import skills
-    from .models import TORCH_DTYPES
-    from .run_dir import check_output_dir, claim_output_dir
-    from .sft import train_sft
-    from .tiny import resolve_model_path
-    from .trainer import build_run, evaluate, train
-
     p = cfg.past
     out = Path(cfg.train.output_dir)
     if cfg.train.resume_from:

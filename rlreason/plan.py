@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 GiB = 1024**3
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
 
@@ -55,7 +57,7 @@ def load_model_config(name_or_path: str) -> dict[str, Any]:
     if local.is_file():
         return json.loads(local.read_text())
     try:
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # lazily: heavy; `rlreason plan` on a local folder never needs it
 
         return AutoConfig.from_pretrained(name_or_path).to_dict()
     except (OSError, ValueError) as e:
@@ -66,8 +68,6 @@ def load_model_config(name_or_path: str) -> dict[str, Any]:
 def launch_layout(path: str) -> tuple[str, int]:
     """(strategy, GPUs) an accelerate launch config describes: what `rlreason plan
     --accelerate-config` estimates for, so the plan matches the launch."""
-    import yaml
-
     try:
         c = yaml.safe_load(open(path)) or {}
     except OSError as e:

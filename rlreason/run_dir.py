@@ -23,6 +23,9 @@ import shutil
 import uuid
 from pathlib import Path
 
+from .checkpoint import checkpoint_run_id, resolve_checkpoint
+from .config import dump_config
+
 RUN_FILE = "run.json"
 # what a run writes into its folder: the previous run's copies go with overwrite_output_dir
 RUN_ARTEFACTS = ("run.json", "config.yaml", "metrics.jsonl", "reward_curve.png", "hardness.json",
@@ -101,3 +104,30 @@ def claim_output_dir(output_dir: str | Path, run_id: str, *, overwrite: bool, re
         tmp = out / f".{RUN_FILE}.tmp"
         tmp.write_text(json.dumps({"run_id": run_id}) + "\n")
         os.replace(tmp, out / RUN_FILE)
+
+
+def check_run_dir(cfg) -> tuple[str, Path | None]:
+    """(run id, checkpoint to resume or None), once train.output_dir is known to be usable.
+    Every rank reads the folder before the main one writes to it (after the run is built,
+    whose model preparation every rank joins); the main one alone decides."""
+    t = cfg.train
+    ckpt = None
+    if t.resume_from:
+        owner = read_run_id(t.output_dir) if t.resume_from == "latest" else None
+        ckpt = resolve_checkpoint(t.output_dir, t.resume_from, owner or "")
+    if not is_main_process():
+        return "", ckpt
+    ckpt_id = checkpoint_run_id(ckpt) if ckpt is not None and t.resume_from != "latest" else None
+    return check_output_dir(t.output_dir, resume_from=t.resume_from, overwrite=t.overwrite_output_dir,
+                            checkpoint_run_id=ckpt_id), ckpt
+
+
+def claim_run(cfg, accelerator, run_id: str, *, resuming: bool) -> str:
+    """Once the run is built (the recipe validated): make train.output_dir this run's and
+    write its config.yaml (main process); every rank then reads the run id."""
+    out = Path(cfg.train.output_dir)
+    if accelerator.is_main_process:
+        claim_output_dir(out, run_id, overwrite=cfg.train.overwrite_output_dir, resuming=resuming)
+        dump_config(cfg, out / "config.yaml")
+    accelerator.wait_for_everyone()
+    return read_run_id(out) or ""

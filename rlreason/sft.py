@@ -7,7 +7,19 @@ folder rules as `rlreason train`); the tiny model's warm start is tiny.py's, not
 """
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import torch
+
+from .batching import Sequence, collate, completion_logits, micro_batches
+from .hub import check_push
+from .logger import MetricsLogger, plot_rewards
+from .registry import SFT_LOSSES
+from .run_dir import check_run_dir, claim_run
+from .sharding import rank_share
+from .tracking import finish_trackers, tracker_sink
+from .trainer import build_run, evaluate, export_final
 
 
 def sft_step(run, cfg) -> dict[str, float]:
@@ -17,12 +29,6 @@ def sft_step(run, cfg) -> dict[str, float]:
     context): only the target tokens and the EOS after them carry loss. The loss is a mean
     over all target tokens of the step, accumulated over micro-batches.
     """
-    import time
-
-    from .algos.otr import otr_loss, sft_token_loss
-    from .batching import Sequence, collate, completion_logits, micro_batches
-    from .sharding import rank_share
-
     t0 = time.perf_counter()
     tok, acc = run.tokenizer, run.accelerator
     problems = rank_share(run.train_data.take(cfg.train.prompts_per_step), acc)
@@ -35,18 +41,13 @@ def sft_step(run, cfg) -> dict[str, float]:
         n_total = int(acc.reduce(torch.tensor(n_total, device=acc.device), reduction="sum"))
     attn = getattr(run.policy.config, "_attn_implementation", None) or "eager"
     sums: dict[str, float] = {}
+    loss_fn = SFT_LOSSES.get(cfg.sft.loss)
     run.model.train()
     for mb in micro_batches(seqs, cfg.train.micro_batch_size):
         batch = collate(mb, tok.pad_token_id, acc.device, pack=attn in ("sdpa",),
                         attn_implementation=attn)
         logits, targets = completion_logits(run.model, batch)
-        if cfg.sft.loss == "otr":
-            loss, m = otr_loss(logits, targets, num_samples=cfg.sft.otr_num_samples,
-                               temperature=cfg.sft.otr_temperature, beta=cfg.sft.otr_beta,
-                               closed_form=cfg.sft.otr_closed_form,
-                               generator=run.extra.setdefault("otr_gen", _generator(cfg, acc)))
-        else:
-            loss, m = sft_token_loss(logits, targets)
+        loss, m = loss_fn(logits, targets, cfg.sft, run.extra.setdefault("otr_gen", _generator(cfg, acc)))
         w = targets.numel() / n_total
         acc.backward(loss * w * W)
         m["loss"] = loss.item()
@@ -71,13 +72,6 @@ def _generator(cfg, acc) -> torch.Generator:
 def train_sft(cfg, log=print) -> dict:
     """`rlreason sft`: the recipe's data, model, optimizer and evaluation, with a supervised
     loss (`sft.loss`: sft or otr) instead of rollouts."""
-    from pathlib import Path
-
-    from .hub import check_push
-    from .logger import MetricsLogger, plot_rewards
-    from .tracking import finish_trackers
-    from .trainer import build_run, check_run_dir, claim_run, evaluate, export_final, tracker_sink
-
     out = Path(cfg.train.output_dir)
     if cfg.train.resume_from:
         raise ValueError("train.resume_from: `rlreason sft` does not resume; start it again")
@@ -87,9 +81,10 @@ def train_sft(cfg, log=print) -> dict:
     missing = [p.id for p in run.train_data.problems if not (p.solution or p.answer)]
     if missing:
         raise ValueError(f"sft: problems without a target (data.solution_key): {missing[:3]}")
-    claim_run(run, run_id, resuming=False)
+    run.extra["run_id"] = claim_run(cfg, run.accelerator, run_id, resuming=False)
     logger = run.logger = MetricsLogger(out, cfg.train.max_steps, log_every=cfg.train.log_every,
-                                        enabled=run.accelerator.is_main_process, sink=tracker_sink(run))
+                                        enabled=run.accelerator.is_main_process,
+                                        sink=tracker_sink(run.accelerator, cfg))
     log(f"sft ({cfg.sft.loss}) on {len(run.train_data.problems)} examples: "
         f"{cfg.train.max_steps} steps x {cfg.train.prompts_per_step}")
     if run.eval_problems:

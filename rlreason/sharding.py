@@ -10,10 +10,13 @@ rank calls them in the same order, and tensors come out one bounded chunk at a t
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+from transformers.integrations import unset_hf_deepspeed_config
 
 _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
@@ -59,7 +62,7 @@ def gathered_parameters(model, acc, *, trainable_only: bool = False,
         return
     ctx: Any = contextlib.nullcontext()
     if kind == "fsdp1":
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP  # lazily: heavy, FSDP1 runs only
 
         ctx = FSDP.summon_full_params(model, writeback=False)
         module = model
@@ -76,7 +79,7 @@ def gathered_parameters(model, acc, *, trainable_only: bool = False,
 
 
 def _gather_zero3(module, trainable_only: bool, chunk_bytes: int):
-    import deepspeed
+    import deepspeed  # lazily: DeepSpeed is optional (the gpu extra) and heavy
 
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad or not trainable_only]
     chunk: list[tuple[str, torch.Tensor]] = []
@@ -101,8 +104,6 @@ def whole_weights_at_load(acc):
     if plugin is None or plugin.zero_stage != 3 or plugin.is_zero3_init_enabled():
         yield
         return
-    from transformers.integrations import unset_hf_deepspeed_config
-
     unset_hf_deepspeed_config()
     try:
         yield
@@ -116,8 +117,6 @@ def inference_copy(model, acc, dtype: torch.dtype | None = None) -> torch.nn.Mod
     (rollout.dtype); the trainer refreshes it through `gathered_parameters` before every
     rollout. Parameters materialised lazily (meta
     tensors, ZeRO-3 partitions) cannot be copied: the error says which setting to turn off."""
-    import copy
-
     for name, p in model.named_parameters():
         if p.is_meta or hasattr(p, "ds_id"):
             raise ValueError(
@@ -172,8 +171,6 @@ def reduce_in_float32(acc) -> None:
     policy = getattr(plugin, "mixed_precision_policy", None)
     if strategy(acc) != "fsdp2" or policy is None or getattr(policy, "reduce_dtype", None) in (None, torch.float32):
         return
-    import dataclasses
-
     plugin.mixed_precision_policy = dataclasses.replace(policy, reduce_dtype=torch.float32)
 
 

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
 
 MANIFEST = "manifest.json"
 SHARD_BYTES = 256 << 20  # a vector shard is written once this much is buffered
@@ -47,8 +51,6 @@ def _weight_files(folder: Path) -> list[Path]:
 
 def _tensors(folder: Path) -> Iterator[tuple[str, Path]]:
     """(tensor name, file) of every weight of a saved model, without loading any."""
-    from safetensors import safe_open
-
     for f in _weight_files(folder):
         with safe_open(str(f), "pt") as sf:
             for name in sf.keys():
@@ -56,8 +58,6 @@ def _tensors(folder: Path) -> Iterator[tuple[str, Path]]:
 
 
 def _read(file: Path, name: str) -> torch.Tensor:
-    from safetensors import safe_open
-
     with safe_open(str(file), "pt") as sf:
         return sf.get_tensor(name)
 
@@ -92,8 +92,6 @@ class _ShardWriter:
             self.flush()
 
     def flush(self) -> None:
-        from safetensors.torch import save_file
-
         if not self.buf:
             return
         fname = f"{self.prefix}-{self.n:05d}.safetensors"
@@ -187,21 +185,17 @@ def _check_adapter_config(adapter: Path, cfg: dict[str, Any]) -> None:
 def _pattern_key(patterns: list[str], module: str) -> str | None:
     """The rank_pattern / alpha_pattern key that applies to `module`, as peft matches it."""
     try:
-        from peft.utils.other import get_pattern_key
+        from peft.utils.other import get_pattern_key  # lazily: peft is heavy; ImportError falls back below
 
         key = get_pattern_key(patterns, module)
         return key if key in patterns else None
     except ImportError:  # peft's rule (0.14+): the key matches the end of the module path
-        import re
-
         return next((k for k in patterns if re.match(rf"(.*\.)?({k})$", module)), None)
 
 
 def _lora_factors(adapter: Path) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, float]]:
     """(module name in the base model, A [r, in], B [out, r], scaling) of a peft adapter;
     the scaling is per module (rank_pattern, alpha_pattern, use_rslora, as peft sets it)."""
-    from safetensors.torch import load_file
-
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     if cfg.get("peft_type", "LORA") != "LORA":
         raise SkillError(f"{adapter}: adapter_config.json peft_type {cfg['peft_type']!r}; only LoRA "
@@ -244,8 +238,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base: str | Path | No
     `model.skills` is applied before LoRA wraps the model) with the peft adapter merged in
     (merge_and_unload), as a full from_pretrained folder. `base` defaults to the adapter's
     base_model_name_or_path. Holds one model in memory."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from peft import PeftModel  # lazily: peft is heavy, needed only to merge an adapter
 
     adapter, out = Path(adapter), Path(out)
     cfg_file = adapter / "adapter_config.json"
@@ -320,9 +313,6 @@ def apply(model: str | Path, vector: str | Path, out: str | Path, *, scale: floa
     """Write model + scale * vector as a from_pretrained folder, shard by shard. `model` may
     be a LoRA adapter folder: it is merged into its base (`base_model`, default the adapter's
     base_model_name_or_path) first, in a scratch folder next to `out`."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     model, out = Path(model), Path(out)
     if (model / "adapter_config.json").is_file():
         load_manifest(vector)  # a bad vector fails before the merge

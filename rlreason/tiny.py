@@ -22,8 +22,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .config import ModelConfig, ReasoningGymConfig, SyntheticConfig
+from .data.reasoning_gym import reasoning_gym_problems, task_of
+from .data.synthetic import synthetic_problems
+from .rollout.hf import HFEngine
+from .types import SamplingParams
 
 RGTask = tuple[str, ReasoningGymConfig]  # (data.source 'reasoning_gym:<task>', data.reasoning_gym)
 
@@ -32,9 +38,6 @@ TINY_FORMAT_VERSION = 1  # bump when the tiny model or its warm-start changes me
 
 def char_tokenizer():
     """A character-level tokenizer over printable ASCII, built without any download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
     for c in string.printable:
         if c not in "\r\x0b\x0c":
@@ -50,8 +53,6 @@ def char_tokenizer():
 
 def tiny_llama(tokenizer, num_layers: int, hidden_size: int, intermediate_size: int,
                num_heads: int, seed: int, max_positions: int = 512):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     cfg = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads,
@@ -96,9 +97,6 @@ def accuracy_probe(model, tokenizer, problems, seed: int):
     """A function returning the model's sampled (temperature 1) exact-match accuracy on
     `problems` as it is now; the same sampling seed at every call, so two calls differ
     only by what the model learned in between."""
-    from .rollout.hf import HFEngine
-    from .types import SamplingParams
-
     engine = HFEngine(model, tokenizer, seed=seed)
     prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
     sampling = SamplingParams(temperature=1.0, max_tokens=max(len(p.answer) for p in problems) + 1)
@@ -119,12 +117,8 @@ def warmstart_problems(cfg: ModelConfig, synth: SyntheticConfig, rg: RGTask | No
     or the reasoning-gym task's, drawn with the tiny model's seed, apart from the run's splits."""
     seed = cfg.tiny.seed
     if rg is not None:
-        from .data.reasoning_gym import reasoning_gym_problems, task_of
-
         return reasoning_gym_problems(task_of(rg[0]), n, seed=seed + (7 if probe else 0),
                                       config=rg[1].config, split="warmstart")
-    from .data.synthetic import synthetic_problems
-
     ws = warmstart_synthetic(cfg, synth)
     return synthetic_problems(ws.task, n, ws.difficulty, seed=seed, min_difficulty=ws.min_difficulty,
                               split="warmstart-probe" if probe else "warmstart", carries=ws.carries,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 # report_to name -> (module to import, pip package)
@@ -45,8 +46,6 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def start_trackers(accelerator, cfg) -> None:
     """Open the run on every configured tracker (main process; accelerate's own guard)."""
-    from pathlib import Path
-
     name = Path(cfg.train.output_dir).name or "run"
     if "trackio" in cfg.train.report_to:
         # trackio's local database goes under the run folder, like TensorBoard's event files,
@@ -69,3 +68,12 @@ def finish_trackers(accelerator) -> None:
     if accelerator.is_main_process:
         for tracker in accelerator.trackers:
             tracker.finish()
+
+
+def tracker_sink(accelerator, cfg):
+    """Open the recipe's trackers (`train.report_to`) and return what sends them each
+    metrics row; None without trackers. Called once the run folder is claimed."""
+    if not cfg.train.report_to:
+        return None
+    start_trackers(accelerator, cfg)
+    return lambda row: accelerator.log(tracked_values(row), step=int(row["step"]))

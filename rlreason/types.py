@@ -80,7 +80,7 @@ class Adapter:
 
     def write(self, folder: str) -> str:
         """Save as a peft adapter folder (what vLLM's LoRARequest reads)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save_file  # lazily: it loads torch; this module is otherwise plain dataclasses
 
         self.config.save_pretrained(folder)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.tensors.items()},

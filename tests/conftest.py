@@ -53,3 +53,15 @@ def tiny_recipe(tmp_path):
                                   *overrides])
 
     return make
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """Write `source` as the module `name` in tmp_path, importable for this test: the way a
+    user's own reward, loss or backend (`module:attribute`) is found."""
+
+    def write(name: str, source: str) -> None:
+        (tmp_path / f"{name}.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+
+    return write

@@ -174,15 +174,13 @@ def test_a_loss_registered_in_one_place_is_a_valid_loss_type():
     assert AlgoConfig().loss_type in LOSSES and LOSS_NORMALIZER["bnpo"] == "micro_batch"
 
 
-def test_a_loss_of_your_own_module_is_named_module_colon_function(tmp_path, monkeypatch):
+def test_a_loss_of_your_own_module_is_named_module_colon_function(user_module):
     from rlreason.algos import LOSS_NORMALIZER
     from rlreason.config import load_config
 
-    (tmp_path / "my_losses.py").write_text(
-        "def mean_tokens(x, cfg):\n"
-        "    return -(x.advantages[:, None] * x.logp * x.mask).sum() / x.mask.sum(), {}\n"
-        "mean_tokens.normalizer = 'micro_batch'\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    user_module("my_losses", "def mean_tokens(x, cfg):\n"
+                "    return -(x.advantages[:, None] * x.logp * x.mask).sum() / x.mask.sum(), {}\n"
+                "mean_tokens.normalizer = 'micro_batch'\n")
     try:
         cfg = load_config(None, ["algo.loss_type='my_losses:mean_tokens'"])
         assert LOSS_NORMALIZER["my_losses:mean_tokens"] == "micro_batch"

@@ -18,18 +18,18 @@ from common import fixed_sequences, make_cfg  # noqa: E402
 from rlreason.config import load_config  # noqa: E402
 from rlreason.logger import read_metrics  # noqa: E402
 from rlreason.tiny import char_tokenizer, tiny_llama  # noqa: E402
-from rlreason.trainer import build_run, check_batch, optimize  # noqa: E402
+from rlreason.trainer import build_run, optimize  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "dist" / "ddp_worker.py"
 
 
 def test_batch_that_does_not_split_over_the_world_names_the_numbers():
     with pytest.raises(ValueError, match="prompts_per_step=6 does not split over 4 processes.*e.g. 8"):
-        check_batch(load_config(None, ["train.prompts_per_step=6"]), 4)
-    check_batch(load_config(None, ["train.prompts_per_step=8"]), 4)
+        load_config(None, ["train.prompts_per_step=6"]).check_world(4)
+    load_config(None, ["train.prompts_per_step=8"]).check_world(4)
     with pytest.raises(ValueError, match="rollout.vllm_tensor_parallel_size=3 must divide"):
-        check_batch(load_config(None, ["rollout.backend=vllm", "rollout.vllm_tensor_parallel_size=3"]), 4)
-    check_batch(load_config(None, ["rollout.backend=vllm", "rollout.vllm_tensor_parallel_size=2"]), 1)
+        load_config(None, ["rollout.backend=vllm", "rollout.vllm_tensor_parallel_size=3"]).check_world(4)
+    load_config(None, ["rollout.backend=vllm", "rollout.vllm_tensor_parallel_size=2"]).check_world(1)
 
 
 @pytest.mark.slow

@@ -101,7 +101,6 @@ def test_twins_batch_holds_each_guided_prompt_with_its_bare_twin():
 
     from rlreason.data.stream import ProblemStream
     from rlreason.sharding import rank_share
-    from rlreason.trainer import _guidance_metrics
 
     assert load_config(None, []).guidance.batch == "twins"
     guide, by_id, stream, hard = _twin_setup()
@@ -122,8 +121,7 @@ def test_twins_batch_holds_each_guided_prompt_with_its_bare_twin():
     fresh.take(1)
     batch = guide.batch(by_id, stream, 4)
     assert [p.id for p in batch] == [p.id for p in fresh.take(4)]
-    run = SimpleNamespace(guide=guide, accelerator=SimpleNamespace(num_processes=1))
-    m = _guidance_metrics(run, batch, [0.0] * 8, 2)
+    m = guide.step_metrics(batch, [0.0] * 8, 2, num_processes=1)
     assert m["guided/frac_prompts"] == 0 and m["guided/pool"] == 0 and m["guided/reward"] is None
 
 

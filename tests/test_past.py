@@ -6,6 +6,7 @@ import json
 import pytest
 
 from rlreason.config import load_config
+from rlreason.data.splits import load_splits
 
 
 @pytest.mark.parametrize("rounds", [1, 2])
@@ -99,18 +100,17 @@ def test_past_with_lora_merges_adapters_and_round_two_vector_is_the_whole_delta(
 
 def test_file_source_rounds_take_disjoint_slices(tmp_path):
     from rlreason.past import _part
-    from rlreason.trainer import load_data
 
     src = tmp_path / "source.jsonl"
     src.write_text("".join(json.dumps({"q": f"{a}+{a}=", "a": str(2 * a)}) + "\n" for a in range(11)))
     cfg = _cheap(tmp_path, f"past.source_data={{source: {src}, prompt_key: q, answer_key: a, "
                            "eval_fraction: 0.2}", "past.rounds=3")
     data = cfg.past.source_data
-    train, held = load_data(cfg.model_copy(update={"data": data}))
+    train, held = load_splits(data, cfg.train.seed)
     parts = []
     for k in (1, 2, 3):
         d = _part(cfg, data, k, 3, tmp_path / "data" / f"round{k}")
-        tr, he = load_data(cfg.model_copy(update={"data": d}))
+        tr, he = load_splits(d, cfg.train.seed)
         assert [p.prompt for p in he] == [p.prompt for p in held]  # held-out rows stay out
         parts.append([(p.id, p.prompt, p.answer) for p in tr])
     assert all(len(p) in (2, 3) for p in parts)
@@ -122,7 +122,7 @@ def test_file_source_rounds_take_disjoint_slices(tmp_path):
 def test_scale_is_picked_on_validation_rows_and_the_test_split_is_scored_once(tmp_path, monkeypatch):
     import torch
 
-    from rlreason import skills, trainer
+    from rlreason import past, sft, skills, trainer
     from rlreason.past import run_past
 
     calls = []
@@ -138,7 +138,9 @@ def test_scale_is_picked_on_validation_rows_and_the_test_split_is_scored_once(tm
             res["eval/accuracy"] = {0.5: 0.6, 1.0: 0.4}.get(scales[0], 0.0) if scales else 0.2
         return res
 
-    monkeypatch.setattr(trainer, "evaluate", spy)
+    monkeypatch.setattr(trainer, "evaluate", spy)  # the training loops' evaluations
+    monkeypatch.setattr(past, "evaluate", spy)  # the pipeline's own
+    monkeypatch.setattr(sft, "evaluate", spy)  # the SFT stages'
     cfg = _cheap(tmp_path, "past.scales=[0, 0.5, 1]", "past.validation_fraction=0.25")
     results = run_past(cfg, log=lambda s: None)
     out = tmp_path / "past"
@@ -154,7 +156,7 @@ def test_scale_is_picked_on_validation_rows_and_the_test_split_is_scored_once(tm
     train_prompts = {r["prompt"] for r in rows("target_train.jsonl")}
     assert len(val_prompts) == 16 and len(train_prompts) == 48 and not val_prompts & train_prompts
     assert "target_train.jsonl" in (out / "target_sft" / "config.yaml").read_text()
-    test_prompts = {p.prompt for p in trainer.load_data(cfg.model_copy(update={"data": cfg.past.target_data}))[1]}
+    test_prompts = {p.prompt for p in load_splits(cfg.past.target_data, cfg.train.seed)[1]}
     assert not test_prompts & (val_prompts | train_prompts)
     on_test = [c for c in calls if c["ids"] & test_prompts]
     assert [c["dir"] for c in on_test] == [str(out / "eval" / "target_sft"),

@@ -10,9 +10,10 @@ import pytest
 
 from rlreason.config import load_config
 from rlreason.data.reasoning_gym import reasoning_gym_problems, reasoning_gym_splits
+from rlreason.data.splits import load_splits
 from rlreason.logger import read_metrics
 from rlreason.rewards import RewardError, RewardFunction
-from rlreason.trainer import load_data, train
+from rlreason.trainer import train
 from rlreason.types import Problem
 
 pytest.importorskip("reasoning_gym", reason="the reasoning-gym extra (in .[dev])")
@@ -24,7 +25,7 @@ RG = ["data.source=reasoning_gym:basic_arithmetic", f"data.reasoning_gym.config=
 
 def test_splits_are_seeded_disjoint_and_carry_the_entry():
     cfg = load_config(None, [*RG, "data.reasoning_gym.size=300", "data.reasoning_gym.eval_size=50"])
-    train_a, held_a = load_data(cfg)
+    train_a, held_a = load_splits(cfg.data, cfg.train.seed)
     train_b, held_b = reasoning_gym_splits(cfg.data.source, cfg.data.reasoning_gym)
     assert [p.prompt for p in train_a] == [p.prompt for p in train_b]  # same seed, same problems
     assert len(train_a) == 300 and len(held_a) == 50
@@ -35,7 +36,7 @@ def test_splits_are_seeded_disjoint_and_carry_the_entry():
     assert p.prompt.startswith("Calculate ") and p.answer == str(eval(expression))
     json.dumps(p.metadata)  # plain JSON: logged and checkpointed like any metadata
     other = load_config(None, [*RG, "data.reasoning_gym.size=300", "data.reasoning_gym.seed=7"])
-    assert [q.prompt for q in load_data(other)[0]] != [q.prompt for q in train_a]
+    assert [q.prompt for q in load_splits(other.data, other.train.seed)[0]] != [q.prompt for q in train_a]
 
 
 def test_the_reward_is_the_tasks_own_scorer():
@@ -56,14 +57,14 @@ def test_the_reward_is_the_tasks_own_scorer():
 
 def test_bad_task_config_or_missing_package_name_the_field(monkeypatch):
     with pytest.raises(ValueError, match=r"reasoning_gym:basic_arithmetik: no such task.*basic_arithmetic"):
-        load_data(load_config(None, ["data.source=reasoning_gym:basic_arithmetik"]))
+        load_splits(load_config(None, ["data.source=reasoning_gym:basic_arithmetik"]).data, 0)
     with pytest.raises(ValueError, match=r"data.reasoning_gym.config for task 'basic_arithmetic'.*bogus"):
-        load_data(load_config(None, [*RG[:1], "data.reasoning_gym.config={bogus: 1}"]))
+        load_splits(load_config(None, [*RG[:1], "data.reasoning_gym.config={bogus: 1}"]).data, 0)
     with pytest.raises(ValueError, match=r"name the task"):
-        load_data(load_config(None, ["data.source='reasoning_gym:'"]))
+        load_splits(load_config(None, ["data.source='reasoning_gym:'"]).data, 0)
     monkeypatch.setitem(sys.modules, "reasoning_gym", None)  # as if not installed
     with pytest.raises(ValueError, match=r'not installed; `pip install -e ".\[reasoning-gym\]"`'):
-        load_data(load_config(None, RG))
+        load_splits(load_config(None, RG).data, 0)
 
 
 def test_a_tiny_model_warm_started_on_the_task_trains_on_it(tiny_recipe, tmp_path):

@@ -177,28 +177,25 @@ def test_skipping_zero_advantage_sequences_is_exact(tiny_recipe, loss_type):
 
 def test_importance_weights_are_truncated_ratios_of_trainer_to_sampler():
     import math
-    from types import SimpleNamespace
 
-    from rlreason.trainer import _importance_weights
+    from rlreason.algos.importance import truncated_importance_weights as weights
 
     # trainer log-probs vs what the sampler reported: ratios e^0.1, e^-0.5, and e^2 (capped)
     old = torch.tensor([[-1.0, -2.0, -0.5]])
-    mb = [Sequence([1], [5, 6, 7], 1.0, False, sampler_logp=[-1.1, -1.5, -2.5])]
+    sampler = torch.tensor([[-1.1, -1.5, -2.5]])
     mask = torch.ones(1, 3)
-    algo = SimpleNamespace(importance_sampling="token", importance_sampling_cap=2.0)
-    w, m = _importance_weights(SimpleNamespace(algo=algo), mb, old, mask)
+    w, m = weights(old, sampler, mask, "token", 2.0)
     assert torch.allclose(w, torch.tensor([[math.exp(0.1), math.exp(-0.5), 2.0]]))
     assert m["logprob_diff_max"] == pytest.approx(2.0)
     assert m["logprob_diff_mean"] == pytest.approx((0.1 + 0.5 + 2.0) / 3)
-    algo.importance_sampling = "sequence"  # one weight per sequence: e^(0.1 - 0.5 + 2) capped
-    w, _ = _importance_weights(SimpleNamespace(algo=algo), mb, old, mask)
+    w, _ = weights(old, sampler, mask, "sequence", 2.0)  # one weight per sequence: e^(0.1 - 0.5 + 2) capped
     assert torch.allclose(w, torch.full((1, 3), 2.0))
-    algo.importance_sampling, algo.importance_sampling_cap = "sequence", 10.0
-    w, _ = _importance_weights(SimpleNamespace(algo=algo), mb, old, mask)
+    w, _ = weights(old, sampler, mask, "sequence", 10.0)
     assert torch.allclose(w, torch.full((1, 3), math.exp(1.6)))
-    algo.importance_sampling = "none"
-    w, m = _importance_weights(SimpleNamespace(algo=algo), mb, old, mask)
+    w, m = weights(old, sampler, mask, "none", 2.0)
     assert w is None and "logprob_diff_max" in m  # the mismatch is still measured
+    w, m = weights(old, sampler, torch.tensor([[1.0, 1.0, 0.0]]), "token", 2.0)  # a masked token
+    assert float(w[0, 2]) == 0 and m["logprob_diff_max"] == pytest.approx(0.5)
 
 
 def test_hf_backend_sampler_and_trainer_agree(tiny_recipe, tmp_path):

@@ -3,8 +3,9 @@
 Shapes: B sequences (prompt groups laid out contiguously, G per group), T completion
 positions. `mask` [B,T] is 1 on trained completion tokens (never prompt or hint tokens).
 
-The variants differ in three places, each a parameter here rather than a subclass:
-  * advantage scaling: (R - mean) / std per group (GRPO), per batch, or none (Dr. GRPO);
+The variants differ in three places, each a parameter rather than a subclass:
+  * advantage scaling: (R - mean) / std per group (GRPO), per batch, or none (Dr. GRPO)
+    (advantages.py, with the other estimators);
   * importance ratio: per token (GRPO, DAPO) or per sequence, exp(mean_t log r) (GSPO);
   * aggregation of token terms: per-sequence mean then mean (grpo), token mean over the
     micro-batch (bnpo), token mean over the whole step's batch (dapo), token sum divided by
@@ -18,26 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group",
-                     eps: float = 1e-4) -> torch.Tensor:
-    """A_i = R_i - mean(group), divided by the group std, the batch std, or nothing.
-
-    rewards [B] with B = groups * group_size, groups contiguous. std is the unbiased one
-    (as TRL); a group whose rewards are all equal gets advantage 0 and no gradient.
-    """
-    if rewards.numel() % group_size:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
-    r = rewards.view(-1, group_size).float()
-    adv = r - r.mean(dim=1, keepdim=True)
-    if scale == "group":
-        adv = adv / (r.std(dim=1, keepdim=True) + eps)
-    elif scale == "batch":
-        adv = adv / (rewards.float().std() + eps)
-    elif scale != "none":
-        raise ValueError(f"algo.scale_rewards: {scale!r}; expected group, batch or none")
-    return adv.reshape(-1)
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
@@ -179,6 +160,54 @@ def gspo_loss(x: LossInputs, cfg):
         seq = seq + cfg.beta * (kl * x.mask).sum(-1) / n_tok
     return seq.sum() / x.num_sequences, _metrics(
         x, ratio.detach(), low, high, None if kl is None else kl.detach())
+
+
+def _kl_term(x: LossInputs, cfg):
+    if cfg.beta > 0 and x.ref_logp is not None:
+        return kl_penalty(x.logp, x.ref_logp, cfg.kl_estimator)
+    return None
+
+
+@register_loss("cispo")
+def cispo_loss(x: LossInputs, cfg):
+    """CISPO (MiniMax-M1, arXiv 2506.13585): clip the importance weight, not the update.
+    Per token -sg(min(r, 1 + eps_high)) * A * log pi(y_t), a REINFORCE term whose weight is
+    a constant: every token keeps a gradient (PPO's clip zeroes those past the bound), only
+    its size is capped. No lower bound (the paper sets none); token mean over the step."""
+    ratio = torch.exp(x.logp - x.old_logp)
+    eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
+    weight = torch.clamp(ratio, max=1 + eps_high).detach()
+    per_tok = -weight * x.advantages[:, None] * x.logp
+    if x.is_weights is not None:
+        per_tok = per_tok * x.is_weights
+    kl = _kl_term(x, cfg)
+    if kl is not None:
+        per_tok = per_tok + cfg.beta * kl
+    high = (ratio > 1 + eps_high) & (x.advantages[:, None] != 0)
+    return (per_tok * x.mask).sum() / max(x.num_tokens, 1), _metrics(
+        x, ratio.detach(), torch.zeros_like(high), high, None if kl is None else kl.detach())
+
+
+@register_loss("sapo")
+def sapo_loss(x: LossInputs, cfg):
+    """SAPO (arXiv 2511.20347): a smooth gate instead of the hard clip. Per token
+    -f(r) * A with f(r) = sigmoid(tau (r - 1)) * 4 / tau, tau = sapo_temperature_pos where
+    A > 0 and sapo_temperature_neg where A < 0 (the paper: 1.0 and 1.05, negative updates
+    decay faster). f'(1) = 1, so on-policy it is the policy gradient; off-policy the
+    gradient fades smoothly instead of stopping at 1 +- eps. Token mean over the step."""
+    ratio = torch.exp(x.logp - x.old_logp)
+    adv = x.advantages[:, None]
+    tau = torch.where(adv > 0, torch.full_like(adv, cfg.sapo_temperature_pos),
+                      torch.full_like(adv, cfg.sapo_temperature_neg))
+    per_tok = -torch.sigmoid(tau * (ratio - 1)) * (4 / tau) * adv
+    if x.is_weights is not None:
+        per_tok = per_tok * x.is_weights
+    kl = _kl_term(x, cfg)
+    if kl is not None:
+        per_tok = per_tok + cfg.beta * kl
+    none = torch.zeros_like(ratio, dtype=torch.bool)
+    return (per_tok * x.mask).sum() / max(x.num_tokens, 1), _metrics(
+        x, ratio.detach(), none, none, None if kl is None else kl.detach())
 
 
 def policy_loss(x: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, float]]:

@@ -147,3 +147,13 @@ def sft_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
         metrics = {"gt_prob": float(p.gather(-1, targets[:, None]).mean()),
                    "entropy": float(-(p * logp).sum(-1).mean())}
     return loss, metrics
+
+
+# `sft.loss` entries of registry.SFT_LOSSES: one signature, the recipe's `sft` section passed in
+def sft_loss_from_config(logits, targets, cfg, generator=None):
+    return sft_token_loss(logits, targets)
+
+
+def otr_loss_from_config(logits, targets, cfg, generator=None):
+    return otr_loss(logits, targets, num_samples=cfg.otr_num_samples, temperature=cfg.otr_temperature,
+                    beta=cfg.otr_beta, closed_form=cfg.otr_closed_form, generator=generator)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlreason.config import RowFields
 from rlreason.rewards.extract import extract_boxed, gsm8k_gold
 from rlreason.types import Problem
 
@@ -45,7 +46,8 @@ class FieldMap:
     prompt_key: field holding the prompt text. Required unless `messages_key` is set (then
       it is used when present).
     messages_key: field holding a chat, a list of {"role", "content"} dicts.
-    answer_key: field holding the reference answer (non-empty; numbers become strings).
+    answer_key: field holding the reference answer (non-empty; numbers become strings);
+      None: the data has no labels (label-free rewards), every answer is "".
     solution_key: field holding an oracle worked solution.
     answer_extractor: "none" keeps the answer field as is; "gsm8k" keeps the text after the
       last "####" with commas removed (and uses the full answer field as the solution when
@@ -58,7 +60,7 @@ class FieldMap:
     id_key: str | None = None
     prompt_key: str = "prompt"
     messages_key: str | None = None
-    answer_key: str = "answer"
+    answer_key: str | None = "answer"
     solution_key: str | None = None
     answer_extractor: str = "none"
     metadata_keys: list[str] = field(default_factory=list)
@@ -67,8 +69,6 @@ class FieldMap:
     def from_settings(cls, settings: Any, **extra: Any) -> FieldMap:
         """The mapping a recipe's `data` section or a suite's `fields` block spells out
         (same attribute names), plus `extra` (e.g. metadata_keys)."""
-        from rlreason.config import RowFields
-
         return cls(**{k: getattr(settings, k) for k in RowFields.model_fields}, **extra)
 
     def __post_init__(self) -> None:
@@ -194,18 +194,20 @@ def _row_to_problem(row: Any, fields: FieldMap, where: str, default_id: str) -> 
             required(fields.prompt_key, "mapped by data.prompt_key"), where, fields.prompt_key
         )
 
-    raw_answer = _as_text(
-        required(fields.answer_key, "mapped by data.answer_key"), where, fields.answer_key
-    )
-    try:
-        answer = extract_answer(raw_answer, fields.answer_extractor)
-    except ValueError as e:
-        raise DataError(
-            f"{where}: field {fields.answer_key!r}: {e}; got {raw_answer!r:.120}"
-        ) from None
-    if not answer:
-        raise DataError(f"{where}: field {fields.answer_key!r}: the extracted answer is empty "
-                        f"(answer_extractor={fields.answer_extractor!r}); got {raw_answer!r:.120}")
+    raw_answer = answer = ""  # answer_key None: label-free data
+    if fields.answer_key is not None:
+        raw_answer = _as_text(
+            required(fields.answer_key, "mapped by data.answer_key"), where, fields.answer_key
+        )
+        try:
+            answer = extract_answer(raw_answer, fields.answer_extractor)
+        except ValueError as e:
+            raise DataError(
+                f"{where}: field {fields.answer_key!r}: {e}; got {raw_answer!r:.120}"
+            ) from None
+        if not answer:
+            raise DataError(f"{where}: field {fields.answer_key!r}: the extracted answer is empty "
+                            f"(answer_extractor={fields.answer_extractor!r}); got {raw_answer!r:.120}")
 
     solution = None
     if fields.solution_key is not None:
@@ -281,7 +283,7 @@ def _jsonl_rows(path: Path, limit: int | None) -> Iterator[tuple[str, Any]]:
 
 
 def _parquet_rows(path: Path, limit: int | None) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # lazily: pyarrow is heavy, needed only for .parquet files
 
     try:
         table = pq.read_table(path)
@@ -297,7 +299,7 @@ def _parquet_rows(path: Path, limit: int | None) -> Iterator[tuple[str, Any]]:
 
 def _hub_rows(source: str, split: str, limit: int | None) -> Iterator[tuple[str, Any]]:
     try:
-        import datasets
+        import datasets  # lazily: heavy, needed only for hub datasets (and its import errors are reported here)
 
         repo, _, subset = source.partition(":")  # "openai/gsm8k:main" names a config
         ds = datasets.load_dataset(repo, subset or None, split=split)

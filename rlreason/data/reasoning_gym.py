@@ -40,7 +40,7 @@ def task_of(source: str) -> str:
 
 def _package():
     try:
-        import reasoning_gym
+        import reasoning_gym  # lazily: optional package (the reasoning-gym extra)
     except ImportError as e:
         raise ValueError("data.source reasoning_gym:...: the reasoning-gym package is not installed; "
                          "`pip install -e \".[reasoning-gym]\"` (or `pip install reasoning-gym`)") from e

@@ -127,3 +127,28 @@ def encode_prompts(
         return []
     kwargs = {"add_special_tokens": False} if kind == "chat" else {}
     return [list(ids) for ids in tokenizer(texts, **kwargs)["input_ids"]]
+
+
+class PromptEncoder:
+    """A recipe's prompt -> token ids, each (id, prompt) encoded once: the trainer asks for
+    the same prompts every epoch and POPE's guided variants share an id, not a prompt."""
+
+    def __init__(self, tokenizer: Any, data_cfg: Any) -> None:
+        self.tokenizer, self.data = tokenizer, data_cfg
+        self.cache: dict[tuple[str, str], list[int]] = {}
+
+    def __call__(self, p: Problem) -> list[int]:
+        key = (p.id, p.prompt)
+        if key not in self.cache:
+            d = self.data
+            self.cache[key] = encode_prompts([p], self.tokenizer, template=d.template, system_prompt=d.system_prompt,
+                                             plain_template=d.plain_template)[0]
+        return self.cache[key]
+
+    def fitting(self, problems: list[Problem], max_length: int, log) -> list[Problem]:
+        """`problems` whose prompt fits `max_length` tokens; says how many were dropped."""
+        keep = [p for p in problems if len(self(p)) <= max_length]
+        if len(keep) < len(problems):
+            log(f"data: dropping {len(problems) - len(keep)} prompts longer than "
+                f"data.max_prompt_length={max_length} tokens")
+        return keep

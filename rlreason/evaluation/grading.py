@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rlreason.rewards import RewardError, RewardFunction, answers_equivalent, extract_answer, normalize_answer
+from rlreason.rewards.math import parse_free_text
 from rlreason.types import Problem
 
 __all__ = ["GradedProblem", "Grader"]
@@ -57,8 +58,6 @@ def _ws(text: str) -> str:
 
 def _text_answer(completion: str, timeout_s: float) -> str | None:
     """The answer math-verify reads from free text (the `math` reward's fallback), as a string."""
-    from rlreason.rewards.math import parse_free_text
-
     parsed = parse_free_text(completion, timeout_s)
     text = parsed[-1] if parsed and isinstance(parsed[-1], str) else None
     return (text.strip() or None) if text else None
@@ -76,6 +75,9 @@ class Grader:
     def __init__(self, reward: str | Callable[..., float] = "math", *, timeout_s: float = 5.0,
                  name: str | None = None) -> None:
         self.reward = RewardFunction(reward, name=name, timeout_s=timeout_s)
+        if self.reward.scope == "group" or self.reward.takes_length:
+            raise ValueError(f"reward {self.reward.name!r} does not compare an answer with a label (it scores a group "
+                             "or a length), so it cannot grade: grade with eval.reward, e.g. exact_match or math")
         self.name = self.reward.name
         self.timeout_s = timeout_s
         self.exact = self.name == "exact_match"

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from rlreason.config import ModelConfig
+from rlreason.models import load_causal_lm, load_tokenizer
+
 __all__ = ["LoadedModel", "load_eval_model"]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -67,11 +72,6 @@ def load_eval_model(model: str, *, adapter: str | None = None, base_model: str |
     dtype: float32 | bfloat16 | float16 | auto (the checkpoint's own). device: default
     cuda when available, else cpu.
     """
-    import torch
-
-    from rlreason.config import ModelConfig
-    from rlreason.models import load_causal_lm, load_tokenizer
-
     path = _checkpoint_folder(Path(model))
     adapter_dir: Path | None = None
     if adapter is not None:
@@ -98,7 +98,7 @@ def load_eval_model(model: str, *, adapter: str | None = None, base_model: str |
     except ValueError as e:
         raise ValueError(f"--model {model}: {e}") from e
     if adapter_dir is not None:
-        from peft import PeftModel
+        from peft import PeftModel  # lazily: peft is heavy, needed only for adapter folders
 
         try:
             lm = PeftModel.from_pretrained(lm, str(adapter_dir)).merge_and_unload()

@@ -11,6 +11,9 @@ import sys
 import time
 from typing import TextIO
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 __all__ = ["EvalProgress"]
 
 
@@ -39,9 +42,6 @@ class EvalProgress:
     def __enter__(self) -> EvalProgress:
         self._start = self._last_line = time.perf_counter()
         if self.use_rich:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             self._bar = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("problems | {task.fields[rate]} samples/s | acc {task.fields[acc]}"),

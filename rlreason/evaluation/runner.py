@@ -190,3 +190,18 @@ def evaluate_problems(
         "tokens_per_s": n_tokens / max(gen_time, 1e-9),
     }
     return result
+
+
+def held_out_metrics(cfg, engine: Any, tokenizer: Any, problems: Sequence[Problem],
+                     encode: Callable[[Problem], list[int]], grader: Grader) -> dict[str, float]:
+    """The trainer's periodic evaluation, through the same path as `rlreason eval`:
+    `eval.n` samples per problem (greedy at eval.temperature 0), graded by `grader` (the
+    recipe's first reward); keys `eval/...`, the sampler's RNG left where it was."""
+    sampling = cfg.rollout.sampling(temperature=cfg.eval.temperature,
+                                    max_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_completion_length)
+    res = evaluate_problems(engine, tokenizer, problems, encode, n=cfg.eval.n, sampling=sampling,
+                            grader=grader, preserve_rng=True)
+    out = {f"eval/{k}": v for k, v in res.metrics.items()}
+    out["eval/accuracy"] = res.metrics["pass@1"]
+    out["eval/completion_length"] = (res.generation or {}).get("mean_completion_tokens", 0.0)
+    return out

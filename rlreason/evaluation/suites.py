@@ -31,8 +31,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from rlreason.config import DATA_FILE_SUFFIXES as DATA_SUFFIXES
-from rlreason.config import RowFields
+from rlreason.config import RowFields, explain_errors
 from rlreason.data.loaders import DataError, FieldMap, load_problems
+from rlreason.rewards import RewardError, resolve_reward
 from rlreason.types import Problem
 
 __all__ = [
@@ -86,8 +87,6 @@ class SuiteGrading(_Strict):
     @field_validator("grader")
     @classmethod
     def _known(cls, v: str) -> str:
-        from rlreason.rewards import RewardError, resolve_reward
-
         try:
             resolve_reward(v)
         except RewardError as e:
@@ -133,8 +132,6 @@ def builtin_suites() -> dict[str, Path]:
 
 
 def _explain(err: ValidationError, source: Path) -> SuiteError:
-    from rlreason.config import explain_errors
-
     return SuiteError(f"{source}: invalid benchmark suite\n  " + "\n  ".join(explain_errors(err, Suite)))
 
 

@@ -44,3 +44,6 @@ def exact_match_reward(completion: str, problem: Problem, *, strip: bool = True)
 def format_reward(completion: str, problem: Problem, *, pattern: str = r"\\boxed\{") -> float:
     """1.0 if regex `pattern` occurs anywhere in the completion, else 0.0."""
     return 1.0 if re.search(pattern, completion) else 0.0
+
+
+format_reward.label_free = True  # reads the completion alone

@@ -19,7 +19,7 @@ EXTRACT = ("auto", "answer_tag", "none")
 
 
 def _answer(completion: str, extract: str) -> str | None:
-    from reasoning_gym.utils import extract_answer
+    from reasoning_gym.utils import extract_answer  # lazily: optional package (the reasoning-gym extra)
 
     if extract not in EXTRACT:
         raise ValueError(f"rewards[].kwargs.extract: {extract!r}; expected one of {list(EXTRACT)}")
@@ -36,7 +36,7 @@ def reasoning_gym_reward(completion: str, problem: Problem, extract: str = "auto
     if entry is None:
         raise ValueError(f"reward 'reasoning_gym' scores problems of data.source reasoning_gym:<task>; "
                          f"problem {problem.id!r} did not come from reasoning-gym")
-    import reasoning_gym
+    import reasoning_gym  # lazily: optional package (the reasoning-gym extra)
 
     answer = _answer(completion, extract)
     if answer is None:

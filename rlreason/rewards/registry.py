@@ -1,6 +1,10 @@
 """Naming, loading and safely calling reward functions.
 
-A reward function is any ``fn(completion: str, problem: Problem, **kwargs) -> float``.
+A reward function is any ``fn(completion: str, problem: Problem, **kwargs) -> float``; one
+that declares a ``completion_length`` parameter also gets the completion's length in tokens
+(DAPO's overlong penalty). A *group* reward (``fn.scope = "group"``) scores a prompt's whole
+group at once, ``fn(completions: list[str], problem, **kwargs) -> list[float]``: label-free
+rewards compare a completion with its siblings (majority vote), not with an answer.
 Configs name rewards by string: a registered name (``"math"``) or an import path
 (``"my_pkg.rewards:score"``), so users add rewards without touching this package.
 
@@ -16,6 +20,7 @@ summed over processes) raises `RewardError`.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import signal
 import threading
@@ -25,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlreason.plugins import import_user_module, resolve_attribute
+from rlreason.rewards.trl_compat import TRL_PREFIX, TRLRewardError, adapt_trl_reward, resolve_trl_builtin
 from rlreason.types import Problem
 
 __all__ = [
@@ -138,8 +144,6 @@ class RewardFunction:
         api: str = "auto",
         trl_completions: str = "messages",
     ) -> None:
-        from rlreason.rewards.trl_compat import TRL_PREFIX, TRLRewardError, adapt_trl_reward, resolve_trl_builtin
-
         kwargs = dict(kwargs or {})
         if api not in ("auto", "rlreason", "trl"):
             raise RewardError(f"rewards[].api: {api!r}; expected 'auto', 'rlreason' or 'trl'")
@@ -156,6 +160,11 @@ class RewardFunction:
         except TRLRewardError as e:
             raise RewardError(str(e)) from e
         self.fn = fn
+        self.scope = getattr(fn, "scope", "completion")
+        try:
+            self.takes_length = "completion_length" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+            self.takes_length = False
         self.name = name or getattr(fn, "__name__", repr(fn))
         self.timeout_s = timeout_s
         self.kwargs = kwargs
@@ -168,9 +177,27 @@ class RewardFunction:
     def _describe(self, problem: Problem, completion: str) -> str:
         return f"reward {self.name!r} on problem {problem.id!r}, completion {completion[:200]!r}"
 
-    def __call__(self, completion: str, problem: Problem) -> float:
+    def score_group(self, completions: list[str], problem: Problem) -> list[float]:
+        """A group reward's scores for one prompt's completions, each checked like one
+        completion's (the time limit covers the whole group)."""
         try:
-            value = self._call_bounded(completion, problem)
+            values = self._call_bounded(completions, problem)
+        except Exception as exc:
+            raise RewardError(f"{self._describe(problem, completions[0])} raised {exc!r}") from exc
+        if values is _TIMED_OUT:
+            self.timeouts += len(completions)
+            warnings.warn(f"reward {self.name!r} timed out after {self.timeout_s}s on problem {problem.id!r}'s "
+                          "group; scoring 0.0", RuntimeWarning, stacklevel=2)
+            return [0.0] * len(completions)
+        if not isinstance(values, (list, tuple)) or len(values) != len(completions):
+            raise RewardError(f"{self._describe(problem, completions[0])}: a group reward must return one score "
+                              f"per completion ({len(completions)}), got {values!r}")
+        return [self._checked(v, c, problem) for v, c in zip(values, completions)]
+
+    def __call__(self, completion: str, problem: Problem, completion_length: int | None = None) -> float:
+        extra = {"completion_length": completion_length} if self.takes_length else {}
+        try:
+            value = self._call_bounded(completion, problem, **extra)
         except Exception as exc:
             raise RewardError(f"{self._describe(problem, completion)} raised {exc!r}") from exc
         if value is _TIMED_OUT:
@@ -182,6 +209,9 @@ class RewardFunction:
                 stacklevel=2,
             )
             return 0.0
+        return self._checked(value, completion, problem)
+
+    def _checked(self, value: Any, completion: str, problem: Problem) -> float:
         if isinstance(value, (str, bytes)):
             raise RewardError(f"{self._describe(problem, completion)} returned non-numeric {value!r}")
         try:
@@ -194,16 +224,16 @@ class RewardFunction:
             raise RewardError(f"{self._describe(problem, completion)} returned non-finite {score!r}")
         return score
 
-    def _call_bounded(self, completion: str, problem: Problem) -> Any:
+    def _call_bounded(self, completion: Any, problem: Problem, **extra: Any) -> Any:
         """Run the function under the time limit; `_TIMED_OUT` if it ran out."""
         timeout = self.timeout_s
         if timeout is None or timeout <= 0:
-            return self.fn(completion, problem, **self.kwargs)
+            return self.fn(completion, problem, **self.kwargs, **extra)
         if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
-            return self._call_with_alarm(completion, problem, timeout)
-        return self._call_in_thread(completion, problem, timeout)
+            return self._call_with_alarm(completion, problem, timeout, extra)
+        return self._call_in_thread(completion, problem, timeout, extra)
 
-    def _call_with_alarm(self, completion: str, problem: Problem, timeout: float) -> Any:
+    def _call_with_alarm(self, completion: Any, problem: Problem, timeout: float, extra: dict) -> Any:
         def on_alarm(signum: int, frame: Any) -> None:
             raise _Timeout
 
@@ -214,7 +244,7 @@ class RewardFunction:
         try:
             signal.setitimer(signal.ITIMER_REAL, min(timeout, outer_remaining or timeout))
             try:
-                return self.fn(completion, problem, **self.kwargs)
+                return self.fn(completion, problem, **self.kwargs, **extra)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _Timeout:
@@ -226,12 +256,12 @@ class RewardFunction:
                 left = outer_remaining - (time.monotonic() - started)
                 signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3))
 
-    def _call_in_thread(self, completion: str, problem: Problem, timeout: float) -> Any:
+    def _call_in_thread(self, completion: Any, problem: Problem, timeout: float, extra: dict) -> Any:
         box: dict[str, Any] = {}
 
         def target() -> None:
             try:
-                box["value"] = self.fn(completion, problem, **self.kwargs)
+                box["value"] = self.fn(completion, problem, **self.kwargs, **extra)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 box["error"] = exc
 
@@ -290,8 +320,14 @@ def compute_rewards(
     completions: Sequence[str],
     problems: Sequence[Problem],
     rewards: Sequence[tuple[RewardFunction, float]],
+    *,
+    group_size: int | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> RewardScores:
     """Score each (completion, problem) pair with every reward.
+
+    `group_size`: completions come in groups of that many per prompt (needed by group
+    rewards); `lengths`: each completion's length in tokens (for rewards that take one).
 
     Returns ``(totals, raw)``: ``totals[i] = sum(weight * reward(completions[i], problems[i]))``
     and ``raw[name]`` the unweighted scores of each reward, for logging; the result's
@@ -308,8 +344,31 @@ def compute_rewards(
     timeouts: dict[str, int] = {}
     for rf, weight in rewards:
         before = rf.timeouts
-        scores = [rf(c, p) for c, p in zip(completions, problems)]
+        if rf.scope == "group":
+            if not group_size:
+                raise RewardError(f"reward {rf.name!r} scores whole groups: it needs the completions of a "
+                                  "prompt together (training, not per-sample evaluation)")
+            scores = [s for i in range(0, len(completions), group_size)
+                      for s in rf.score_group(list(completions[i:i + group_size]), problems[i])]
+        else:
+            lens = lengths if lengths is not None else [None] * len(completions)
+            scores = [rf(c, p, n) for c, p, n in zip(completions, problems, lens)]
         raw[rf.name] = scores
         timeouts[rf.name] = rf.timeouts - before
         totals = [t + weight * s for t, s in zip(totals, scores)]
     return RewardScores(totals, raw, timeouts)
+
+
+def rewards_from_config(specs, *, labelled: bool = True) -> list[tuple[RewardFunction, float]]:
+    """The recipe's `rewards` list as (reward function, weight) pairs, summed by the trainer.
+    Without labels (data.answer_key null) only rewards that need none are accepted: group
+    rewards and those that read the completion alone (overlong, format)."""
+    out = [(RewardFunction(r.name, timeout_s=r.timeout_s, kwargs=r.kwargs,
+                           max_timeout_fraction=r.max_timeout_fraction, api=r.api,
+                           trl_completions=r.trl_completions), r.weight)
+           for r in specs]
+    needs_label = [rf.name for rf, _ in out if rf.scope != "group" and not getattr(rf.fn, "label_free", False)]
+    if not labelled and needs_label:
+        raise RewardError(f"data.answer_key is null (no labels), but rewards {needs_label} compare with a label; "
+                          "train with majority_vote or urpa (and overlong/format as shaping terms)")
+    return out

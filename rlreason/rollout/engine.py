@@ -10,10 +10,14 @@ on CPU with the transformers backend.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from ..models import lora_adapter
+from ..registry import BACKENDS
+from ..sharding import gathered_parameters
 from ..types import Completion, SamplingParams
 
 
@@ -47,29 +51,38 @@ class RolloutEngine(Protocol):
     def set_rng_state(self, state: Any) -> None: ...
 
 
+@dataclass
+class EngineContext:
+    """What a backend factory gets beside the recipe's `rollout` section. `model` is the
+    trainer's module (shared in-process by the hf backend) or, with `shares_module=False`,
+    an inference copy the trainer refreshes; vLLM starts from `model_path`."""
+
+    model: Any
+    tokenizer: Any
+    model_path: str
+    seed: int
+    max_prompt_length: int
+    lora_rank: int | None = None
+    shares_module: bool = True
+
+
 def make_engine(cfg, model, tokenizer, *, model_path: str, seed: int, max_prompt_length: int,
-                lora_rank: int | None = None, shares_module: bool = True):
-    """The engine a recipe's `rollout` section asks for. `model` is the trainer's module
-    (shared in-process by the hf backend) or, with `shares_module=False`, an inference copy
-    the trainer refreshes; vLLM starts from `model_path`."""
-    if cfg.backend == "hf":
-        from .hf import HFEngine
+                lora_rank: int | None = None, shares_module: bool = True) -> RolloutEngine:
+    """The engine a recipe's `rollout` section asks for: `rollout.backend` looked up in
+    `registry.BACKENDS` (a built-in name or your own `module:factory`)."""
+    factory = BACKENDS.get(cfg.backend)
+    return factory(cfg, EngineContext(model, tokenizer, model_path, seed, max_prompt_length,
+                                      lora_rank, shares_module))
 
-        return HFEngine(model, tokenizer, batch_size=cfg.batch_size, seed=seed,
-                        shares_module=shares_module)
-    if cfg.backend == "vllm":
-        from .vllm import VLLMEngine
 
-        return VLLMEngine(
-            model_path, tokenizer, seed=seed,
-            max_model_len=cfg.vllm_max_model_len or max_prompt_length + cfg.max_completion_length,
-            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, dtype=cfg.vllm_dtype,
-            enable_lora=lora_rank is not None, max_lora_rank=lora_rank or 16,
-            sleep_mode=cfg.vllm_sleep_mode, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
-        )
-    if cfg.backend == "server":
-        from .remote import RemoteEngine
-
-        return RemoteEngine(cfg.server_url, tokenizer, seed=seed, timeout_s=cfg.server_timeout_s,
-                            transfer_host=cfg.server_transfer_host, api_key=cfg.server_api_key)
-    raise ValueError(f"rollout.backend: unknown backend {cfg.backend!r}; expected hf, vllm or server")
+def push_weights(engine: RolloutEngine, model, accelerator, *, lora: bool) -> None:
+    """Make `engine` sample from `model`'s current weights: the LoRA adapter alone (in
+    memory, no merge) or every weight as tensors; gathered from the shards, in bounded
+    chunks, where training shards parameters. No process samples before every push is done."""
+    named = gathered_parameters(model, accelerator, trainable_only=lora)
+    if lora:
+        engine.load_adapter(lora_adapter(accelerator.unwrap_model(model), dict(named)))
+    else:
+        engine.update_weights(named)
+    if accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()

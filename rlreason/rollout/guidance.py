@@ -40,6 +40,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import gather_object
+
+from ..data.templates import resolve_template
 from ..types import Problem
 
 
@@ -124,6 +127,19 @@ class Guide:
         self.pool = [pid for pid in self.pool if pid in pool]
         return facts
 
+    def step_metrics(self, problems: list[Problem], rewards: list[float], group: int,
+                     num_processes: int) -> dict[str, Any]:
+        """Refresh the pool from the whole step's outcomes (gathered over processes, so every
+        rank keeps the same pool) and return the step's guidance counters, global too."""
+        facts = self.refresh(problems, rewards, group, gather=lambda xs: gather_all(xs, num_processes))
+        g = [x for _, guided, r in facts if guided for x in r]
+        u = [x for _, guided, r in facts if not guided for x in r]
+        return {"guided/frac_prompts": len(g) / (len(g) + len(u)),  # 0: the pool is empty
+                "guided/reward": sum(g) / len(g) if g else None,
+                "guided/unguided_reward": sum(u) / len(u) if u else None,
+                "guided/pool": len(self.pool),
+                "guided/solved_unguided": len(self.solved)}
+
     def state_dict(self) -> dict[str, Any]:
         return {"pool": self.pool, "solved": self.solved, "cursor": self.cursor}
 
@@ -135,8 +151,6 @@ def gather_all(items: list, num_processes: int) -> list:
     """Every process's `items`, concatenated in rank order (the same list on every rank)."""
     if num_processes == 1:
         return items
-    from accelerate.utils import gather_object
-
     return gather_object(items)
 
 
@@ -145,8 +159,6 @@ def resolve_style(style: str, template: str, tokenizer) -> str:
     or auto with a tokenizer that has one), else `prefill`; other styles unchanged."""
     if style != "auto":
         return style
-    from ..data.templates import resolve_template
-
     return "instruct" if resolve_template(tokenizer, template) == "chat" else "prefill"
 
 
@@ -246,3 +258,26 @@ def read_verdicts(path: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str
     data = json.loads(p.read_text())
     return data, {pid: v["hint"] for pid, v in data.items() if v.get("hard") and "hint" in v}
 
+
+def build_guide(cfg, problems: list[Problem], *, template: str, tokenizer, saved: Path, resume: bool,
+                sample: Callable[[list[Problem], int], list[list[float]]], is_main: bool, seed: int,
+                log: Callable[[str], None]) -> Guide:
+    """The run's Guide: hardness verdicts read from `guidance.hardness_file` (or, on resume,
+    the run's own `saved` file), else probed now with `sample` (every rank calls it alike)
+    and written to `saved` by the main process."""
+    g = cfg.model_copy(update={"style": resolve_style(cfg.style, template, tokenizer)})
+    ids = {p.id for p in problems}
+    source = g.hardness_file or (str(saved) if resume and saved.is_file() else None)
+    if source:
+        verdicts, hints = read_verdicts(source)
+    else:
+        verdicts, hints = probe(problems[: g.probe_limit], sample, g, tokenizer)
+        if is_main:
+            write_verdicts(saved, verdicts, hints)
+    hints = {pid: h for pid, h in hints.items() if pid in ids}
+    works = sum(1 for pid in hints if verdicts[pid].get("hint_works"))
+    tried = "fixed-length hints, not probed" if g.prefix_mode == "fixed" else \
+        f"a hint reaches a reward on {works} of them"
+    log(f"guidance: {len(hints)} of {len(verdicts)} probed problems are hard "
+        f"(0/{g.probe_k} correct); {tried}; hint style {g.style}, batch {g.batch}")
+    return Guide(g, hints=hints, pool=sorted(hints), seed=seed)

@@ -16,8 +16,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
+from transformers.cache_utils import DynamicCache
 
 from ..types import Completion, SamplingParams
+from . import static_cache
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
@@ -97,12 +100,11 @@ class HFEngine:
         """A peft adapter folder, an `Adapter`, or its tensors (peft's saved names). A plain
         model is wrapped with the adapter's own config at the first one (a rollout server
         starts from the base model and learns the adapter's shape from the trainer)."""
-        from peft import PeftModel, set_peft_model_state_dict
-        from safetensors.torch import load_file
+        from peft import PeftModel, set_peft_model_state_dict  # lazily: peft is heavy, needed only for LoRA
 
         if not isinstance(self.model, PeftModel):
             if hasattr(adapter, "config"):
-                from peft import get_peft_model
+                from peft import get_peft_model  # lazily: as above
 
                 self.model = get_peft_model(self.model, adapter.config)
             elif isinstance(adapter, str):
@@ -136,16 +138,12 @@ class HFEngine:
         keep_rows(indices) drops finished rows from the KV cache; only the static-cache
         path supports it (re-indexing transformers' cache objects costs more than it saves).
         """
-        from . import static_cache
-
         if self.static_cache and static_cache.supports(self.model, max_len):
             dec = static_cache.StaticCacheDecoder(self.model, ids.size(0), max_len)
             first = dec.forward(ids, pos, mask.bool())
             step = lambda tok, p: dec.forward(  # noqa: E731
                 tok[:, None], p, torch.ones_like(tok, dtype=torch.bool)[:, None])
             return first, step, dec.keep_rows
-
-        from transformers.cache_utils import DynamicCache
 
         state = {"mask": mask}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
@@ -227,3 +225,9 @@ class HFEngine:
             result.append(Completion(prompt_token_ids=prompts[i], token_ids=t_ids,
                                      logprobs=lps[i][: lens[i]], finish_reason=reason))
         return result
+
+
+def from_config(cfg, ctx) -> HFEngine:
+    """`rollout.backend: hf` (registry.BACKENDS): transformers' generate in this process."""
+    return HFEngine(ctx.model, ctx.tokenizer, batch_size=cfg.batch_size, seed=ctx.seed,
+                    shares_module=ctx.shares_module)

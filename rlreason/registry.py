@@ -1,0 +1,84 @@
+"""Named extension points whose implementations live above the config layer.
+
+The config validates `rollout.backend` and `sft.loss` when a recipe loads, before anything
+heavy, but the implementations sit in higher layers (a vLLM engine, the SFT loop) that the
+config may not import. So a registry here knows each built-in by name and by the
+`module:attribute` that implements it, and imports it only when it is used: the pattern of
+Python entry points. A name of the form `module:attribute` is a user's own implementation
+(imported by plugins.py, the same rule as rewards and losses) and is registered on first use.
+
+    from rlreason.registry import BACKENDS
+    BACKENDS.register("mine", "my_package.engine:make")   # or: rollout.backend: my_package.engine:make
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+from .plugins import import_user_module, resolve_attribute
+
+
+class Registry:
+    """Names -> implementations, resolved lazily; errors name the recipe field."""
+
+    def __init__(self, field: str, what: str, builtins: dict[str, str]) -> None:
+        self.field, self.what = field, what
+        self._paths: dict[str, str] = dict(builtins)  # name -> "module:attribute", not imported yet
+        self._objects: dict[str, Any] = {}
+
+    def register(self, name: str, impl: str | Callable[..., Any]) -> None:
+        """Add `name`: an object, or a `module:attribute` path imported on first use."""
+        if isinstance(impl, str):
+            self._paths[name] = impl
+            self._objects.pop(name, None)
+        else:
+            self._objects[name] = impl
+
+    def names(self) -> list[str]:
+        return list(dict.fromkeys([*self._paths, *self._objects]))
+
+    def check(self, name: str) -> str:
+        """`name` if registered; a `module:attribute` is imported now and registered under
+        itself; anything else raises with the registered names and the nearest ones."""
+        if name in self._paths or name in self._objects:
+            return name
+        if ":" in name:
+            self._objects[name] = self._load(name)
+            return name
+        names = self.names()
+        near = difflib.get_close_matches(name, names, n=2, cutoff=0.5)
+        raise ValueError(f"{name!r} is not a registered {self.what} ({', '.join(names)})"
+                         + (f"; did you mean {' or '.join(near)}?" if near else "")
+                         + "; name yours 'module:attribute' or add it with rlreason.registry")
+
+    def get(self, name: str) -> Any:
+        """The implementation, imported on first use."""
+        self.check(name)
+        if name not in self._objects:
+            self._objects[name] = self._load(self._paths[name])
+        return self._objects[name]
+
+    def _load(self, path: str) -> Any:
+        module, _, attr = path.partition(":")
+        try:
+            obj = resolve_attribute(import_user_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"{self.field} {path!r}: cannot import it ({e})") from e
+        if not callable(obj):
+            raise ValueError(f"{self.field} {path!r}: {type(obj).__name__} is not callable")
+        return obj
+
+
+#: rollout backends: `factory(cfg: RolloutConfig, ctx: rollout.engine.EngineContext) -> RolloutEngine`
+BACKENDS = Registry("rollout.backend", "rollout backend", {
+    "hf": "rlreason.rollout.hf:from_config",
+    "vllm": "rlreason.rollout.vllm:from_config",
+    "server": "rlreason.rollout.remote:from_config",
+})
+
+#: SFT losses: `loss(logits [N,V], targets [N], cfg: SFTConfig, generator) -> (loss, metrics)`
+SFT_LOSSES = Registry("sft.loss", "SFT loss", {
+    "sft": "rlreason.algos.otr:sft_loss_from_config",
+    "otr": "rlreason.algos.otr:otr_loss_from_config",
+})
