@@ -9,6 +9,14 @@ from rlreason.config import ConfigError, load_config, reference
 from rlreason.registry import BACKENDS, SFT_LOSSES, Registry
 
 
+@pytest.fixture(autouse=True)
+def _registries_restored(monkeypatch):
+    """Implementations these tests register (`module:attribute`) leave with the test."""
+    for registry in (BACKENDS, SFT_LOSSES):
+        monkeypatch.setattr(registry, "_objects", dict(registry._objects))
+        monkeypatch.setattr(registry, "_paths", dict(registry._paths))
+
+
 def test_builtin_backends_and_sft_losses_are_listed_in_the_reference():
     assert BACKENDS.names() == ["hf", "vllm", "server"] and SFT_LOSSES.names() == ["sft", "otr"]
     lines = reference()
