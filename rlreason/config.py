@@ -15,20 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .algos import ESTIMATORS, LOSSES, register_estimator, register_loss
-from .plugins import import_user_module, resolve_attribute
-from .registry import BACKENDS, SFT_LOSSES, Registry
+from .registry import BACKENDS, SFT_LOSSES, Registry, check_name
 from .types import SamplingParams
 
 _REGISTRIES: dict[str, Registry] = {"backends": BACKENDS, "sft_losses": SFT_LOSSES}
-
-
-def _import_object(spec: str, field: str):
-    """`package.module:name` imported from sys.path and, last, the working directory."""
-    module, _, attr = spec.partition(":")
-    try:
-        return resolve_attribute(import_user_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"{field} {spec!r}: cannot import it ({e})") from e
 
 
 def registered(kind: str) -> list[str]:
@@ -267,17 +257,9 @@ class AlgoConfig(_Section):
     @field_validator("loss_type")
     @classmethod
     def _registered_loss(cls, v: str) -> str:
-        names = registered("losses")
-        if v not in names and ":" in v:  # a loss of your own, 'module:function', like rewards
-            fn = _import_object(v, "algo.loss_type")
-            register_loss(v, normalizer=getattr(fn, "normalizer", "step"))(fn)
-            return v
-        if v not in names:
-            near = difflib.get_close_matches(v, names, n=2, cutoff=0.5)
-            raise ValueError(f"{v!r} is not a registered loss ({', '.join(names)})"
-                             + (f"; did you mean {' or '.join(near)}?" if near else "")
-                             + "; add one with rlreason.algos.register_loss, or name yours 'module:function'")
-        return v
+        return check_name(v, registered("losses"), what="loss", field="algo.loss_type",
+                          add=lambda name, fn: register_loss(name, normalizer=getattr(fn, "normalizer", "step"))(fn),
+                          how="add one with rlreason.algos.register_loss, or name yours 'module:function'")
 
     advantage_estimator: str = Field(
         "grpo", description="How rewards become advantages: grpo (group baseline, scale_rewards), rloo "
@@ -288,15 +270,9 @@ class AlgoConfig(_Section):
     @field_validator("advantage_estimator")
     @classmethod
     def _registered_estimator(cls, v: str) -> str:
-        names = registered("estimators")
-        if v not in names and ":" in v:  # an estimator of your own, 'module:function'
-            register_estimator(v)(_import_object(v, "algo.advantage_estimator"))
-            return v
-        if v not in names:
-            near = difflib.get_close_matches(v, names, n=2, cutoff=0.5)
-            raise ValueError(f"{v!r} is not a registered advantage estimator ({', '.join(names)})"
-                             + (f"; did you mean {' or '.join(near)}?" if near else ""))
-        return v
+        return check_name(v, registered("estimators"), what="advantage estimator", field="algo.advantage_estimator",
+                          add=lambda name, fn: register_estimator(name)(fn),
+                          how="add one with rlreason.algos.register_estimator, or name yours 'module:function'")
 
     num_generations: int = Field(8, ge=2, description="Completions per prompt (group size).")
     dynamic_sampling: bool = Field(

@@ -19,6 +19,34 @@ from typing import Any
 from .plugins import import_user_module, resolve_attribute
 
 
+def import_callable(path: str, field: str) -> Any:
+    """The callable at `module:attribute` (sys.path, then the working directory: plugins.py);
+    a failure names the recipe `field`."""
+    module, _, attr = path.partition(":")
+    try:
+        obj = resolve_attribute(import_user_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{field} {path!r}: cannot import it ({e})") from e
+    if not callable(obj):
+        raise ValueError(f"{field} {path!r}: {type(obj).__name__} is not callable")
+    return obj
+
+
+def check_name(name: str, names: list[str], *, what: str, field: str, add: Callable[[str, Any], Any],
+               how: str) -> str:
+    """The one rule for a registry-backed recipe field: a registered `name` passes; a
+    `module:attribute` is imported and handed to `add(name, obj)`; anything else raises with
+    the registered names, the nearest ones, and `how` to add one."""
+    if name in names:
+        return name
+    if ":" in name:
+        add(name, import_callable(name, field))
+        return name
+    near = difflib.get_close_matches(name, names, n=2, cutoff=0.5)
+    raise ValueError(f"{name!r} is not a registered {what} ({', '.join(names)})"
+                     + (f"; did you mean {' or '.join(near)}?" if near else "") + f"; {how}")
+
+
 class Registry:
     """Names -> implementations, resolved lazily; errors name the recipe field."""
 
@@ -41,33 +69,15 @@ class Registry:
     def check(self, name: str) -> str:
         """`name` if registered; a `module:attribute` is imported now and registered under
         itself; anything else raises with the registered names and the nearest ones."""
-        if name in self._paths or name in self._objects:
-            return name
-        if ":" in name:
-            self._objects[name] = self._load(name)
-            return name
-        names = self.names()
-        near = difflib.get_close_matches(name, names, n=2, cutoff=0.5)
-        raise ValueError(f"{name!r} is not a registered {self.what} ({', '.join(names)})"
-                         + (f"; did you mean {' or '.join(near)}?" if near else "")
-                         + "; name yours 'module:attribute' or add it with rlreason.registry")
+        return check_name(name, self.names(), what=self.what, field=self.field, add=self._objects.__setitem__,
+                          how="name yours 'module:attribute' or add it with rlreason.registry")
 
     def get(self, name: str) -> Any:
         """The implementation, imported on first use."""
         self.check(name)
         if name not in self._objects:
-            self._objects[name] = self._load(self._paths[name])
+            self._objects[name] = import_callable(self._paths[name], self.field)
         return self._objects[name]
-
-    def _load(self, path: str) -> Any:
-        module, _, attr = path.partition(":")
-        try:
-            obj = resolve_attribute(import_user_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"{self.field} {path!r}: cannot import it ({e})") from e
-        if not callable(obj):
-            raise ValueError(f"{self.field} {path!r}: {type(obj).__name__} is not callable")
-        return obj
 
 
 #: rollout backends: `factory(cfg: RolloutConfig, ctx: rollout.engine.EngineContext) -> RolloutEngine`

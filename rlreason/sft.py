@@ -42,12 +42,14 @@ def sft_step(run, cfg) -> dict[str, float]:
     attn = getattr(run.policy.config, "_attn_implementation", None) or "eager"
     sums: dict[str, float] = {}
     loss_fn = SFT_LOSSES.get(cfg.sft.loss)
+    if "otr_gen" not in run.extra:  # one sampling stream for the whole run (OTR draws from it)
+        run.extra["otr_gen"] = _generator(cfg, acc)
     run.model.train()
     for mb in micro_batches(seqs, cfg.train.micro_batch_size):
         batch = collate(mb, tok.pad_token_id, acc.device, pack=attn in ("sdpa",),
                         attn_implementation=attn)
         logits, targets = completion_logits(run.model, batch)
-        loss, m = loss_fn(logits, targets, cfg.sft, run.extra.setdefault("otr_gen", _generator(cfg, acc)))
+        loss, m = loss_fn(logits, targets, cfg.sft, run.extra["otr_gen"])
         w = targets.numel() / n_total
         acc.backward(loss * w * W)
         m["loss"] = loss.item()

@@ -199,3 +199,9 @@ def rank_share(items: list, acc) -> list:
     W, r = acc.num_processes, acc.process_index
     k = len(items) // W
     return items[r * k : (r + 1) * k]
+
+
+def gather_cpu(t: torch.Tensor, acc) -> torch.Tensor:
+    """`t` from every process, concatenated in rank order, on the CPU (`t` itself with one
+    process). A collective: every rank calls it alike."""
+    return acc.gather(t.to(acc.device)).cpu() if acc.num_processes > 1 else t

@@ -42,6 +42,7 @@ from .run_dir import check_run_dir, claim_run
 from .sharding import (
     accumulation_boundary,
     check_deepspeed_config,
+    gather_cpu,
     inference_copy,
     native_checkpoint,
     rank_share,
@@ -200,15 +201,12 @@ def sync_weights(run: Run) -> None:
     run.weights_stale = False
 
 
-def _step_metrics(run: Run, seen: Groups, dt: float, t_gen: float) -> dict[str, Any]:
-    """Reward statistics over every group sampled this step (all processes), lengths,
-    throughput, timed-out reward calls, guidance counters."""
+def _step_metrics(run: Run, seen: Groups, seen_rewards: torch.Tensor, dt: float, t_gen: float) -> dict[str, Any]:
+    """Reward statistics over every group sampled this step (`seen_rewards`: all
+    processes'), lengths, throughput, timed-out reward calls, guidance counters."""
     G = run.cfg.algo.num_generations
-    rewards_t = torch.tensor(seen.rewards)
-    if run.accelerator.num_processes > 1:
-        rewards_t = run.accelerator.gather(rewards_t.to(run.accelerator.device)).cpu()
     out: dict[str, Any] = {
-        **rollout_stats(rewards_t, G, seen.completions),
+        **rollout_stats(seen_rewards, G, seen.completions),
         "step_time_s": dt,
         "generation_time_s": t_gen,
         "lr": run.scheduler.get_last_lr()[0],
@@ -232,9 +230,8 @@ def _score(run: Run, problems: list[Problem], n: int, sampling: SamplingParams) 
     repeated = [p for p in problems for _ in range(n)]
     scored = compute_rewards([scored_text(p, c.text) for p, c in zip(repeated, completions)],  # hint counted
                              repeated, run.rewards, group_size=n, lengths=[len(c.token_ids) for c in completions])
-    counts = torch.tensor([scored.timeouts[rf.name] for rf, _ in run.rewards])
-    if acc.num_processes > 1:
-        counts = acc.gather(counts.to(acc.device)).view(-1, len(counts)).sum(0)
+    counts = gather_cpu(torch.tensor([scored.timeouts[rf.name] for rf, _ in run.rewards]), acc)
+    counts = counts.view(-1, len(run.rewards)).sum(0)
     timeouts = {rf.name: int(n) for (rf, _), n in zip(run.rewards, counts.tolist())}
     check_timeout_fractions(run.rewards, timeouts, len(repeated) * acc.num_processes)
     return Groups(problems, completions, list(scored.totals), scored.raw, sum(timeouts.values()))
@@ -262,9 +259,7 @@ def rl_step(run: Run) -> dict[str, float]:
     run.engine.sleep()  # vLLM sleep mode: hand its memory to the trainer until next rollout
     t_gen = time.perf_counter() - t0
 
-    rewards_t = torch.tensor(batch.rewards)                               # rewards [B*G], all ranks
-    if acc.num_processes > 1:
-        rewards_t = acc.gather(rewards_t.to(acc.device)).cpu()
+    rewards_t = gather_cpu(torch.tensor(batch.rewards), acc)              # rewards [B*G], all ranks
     adv = ESTIMATORS[cfg.algo.advantage_estimator](rewards_t, G, cfg.algo)  # advantages [B*G]
     adv = adv.view(acc.num_processes, -1)[acc.process_index]
     seqs = [Sequence(prompt=c.prompt_token_ids, completion=c.token_ids,
@@ -278,7 +273,8 @@ def rl_step(run: Run) -> dict[str, float]:
         metrics = optimize(run, seqs)
     run.weights_stale = True      # the engine syncs right before it samples next (sync_weights)
 
-    metrics.update(_step_metrics(run, seen, time.perf_counter() - t0, t_gen), **extra)
+    seen_rewards = rewards_t if seen is batch else gather_cpu(torch.tensor(seen.rewards), acc)
+    metrics.update(_step_metrics(run, seen, seen_rewards, time.perf_counter() - t0, t_gen), **extra)
     metrics.setdefault("kl", None)  # type: ignore[arg-type]
     return metrics
 
