@@ -58,7 +58,10 @@ NUM_GENERATIONS = 4
 SIZES = {
     "base": {"hidden": 256, "intermediate": 768, "layers": 4, "heads": 4, "max_completion_length": 64},
     "large": {"hidden": 768, "intermediate": 2048, "layers": 8, "heads": 12, "max_completion_length": 64},
-    "long": {"hidden": 256, "intermediate": 768, "layers": 4, "heads": 4, "max_completion_length": 256},
+    # every completion exactly 128 tokens (a minimum length in both systems): 4x the base's
+    # mean (~32: the random model emits EOS early whatever the limit)
+    "long": {"hidden": 256, "intermediate": 768, "layers": 4, "heads": 4, "max_completion_length": 128,
+             "min_completion_length": 128},
 }
 LEARNING_RATE = 1e-4
 TARGET_RATIO = 0.5  # against TRL with gradient checkpointing off where timed
@@ -139,7 +142,7 @@ class RlreasonSteps:
     interleaved with TRL's (see `--schedule`)."""
 
     def __init__(self, model_dir: str, work: str, steps: int, rollout_dtype: str = "auto",
-                 lora: bool = False, max_len: int = 64, tag: str = ""):
+                 lora: bool = False, lengths: tuple[int, int] = (0, 64), tag: str = ""):
         from rlreason.config import RecipeConfig
         from rlreason.rewards import RewardFunction
         from rlreason.trainer import build_run
@@ -152,7 +155,8 @@ class RlreasonSteps:
             "data": {"source": str(data), "template": "plain"},
             "rewards": [{"name": "exact_match"}],  # replaced by `starts_with` below
             "rollout": {"backend": "hf", "temperature": 1.0, "top_p": 1.0,
-                        "max_completion_length": max_len, "dtype": rollout_dtype},
+                        "min_completion_length": lengths[0], "max_completion_length": lengths[1],
+                        "dtype": rollout_dtype},
             # loss_type: TRL 1.16's GRPOConfig default is "dapo"; adam/scheduler as TRL's defaults.
             # skip_zero_advantage off: the untrained model scores 0 on every sample, so every
             # advantage is 0 and rlreason would (exactly) skip all training work; TRL does not,
@@ -201,9 +205,9 @@ class RlreasonSteps:
 
 
 def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int, rollout_dtype: str = "auto",
-                   lora: bool = False, max_len: int = 64) -> dict:
+                   lora: bool = False, lengths: tuple[int, int] = (0, 64)) -> dict:
     seed_all()
-    side = RlreasonSteps(model_dir, work, steps, rollout_dtype, lora, max_len)
+    side = RlreasonSteps(model_dir, work, steps, rollout_dtype, lora, lengths)
     for _ in range(steps):
         side.step()
     return side.summary(warmup)
@@ -213,7 +217,8 @@ def bench_rlreason(model_dir: str, work: str, steps: int, warmup: int, rollout_d
 
 
 def bench_trl(model_dir: str, work: str, steps: int, warmup: int,
-              between_steps: Callable[[], None] | None = None, lora: bool = False, max_len: int = 64,
+              between_steps: Callable[[], None] | None = None, lora: bool = False,
+              lengths: tuple[int, int] = (0, 64),
               gradient_checkpointing: bool | None = None) -> dict:
     """`between_steps` runs after each TRL step, outside its timed span (interleaving);
     `gradient_checkpointing` None keeps TRL's default (on)."""
@@ -240,7 +245,8 @@ def bench_trl(model_dir: str, work: str, steps: int, warmup: int,
 
     gc = {} if gradient_checkpointing is None else {"gradient_checkpointing": gradient_checkpointing}
     cfg = GRPOConfig(output_dir=str(Path(work) / "trl_out"), per_device_train_batch_size=32,
-                     num_generations=NUM_GENERATIONS, max_completion_length=max_len,
+                     num_generations=NUM_GENERATIONS, max_completion_length=lengths[1],
+                     generation_kwargs={"min_new_tokens": lengths[0]} if lengths[0] else None,
                      max_steps=steps, learning_rate=LEARNING_RATE, logging_steps=1, report_to=[],
                      use_cpu=True, bf16=False, save_strategy="no", seed=SEED, beta=0.0, **gc)
     timer = StepTimer()
@@ -267,9 +273,9 @@ def bench_trl(model_dir: str, work: str, steps: int, warmup: int,
         trainer._generate = timed_generate
     trainer.train()
     hist = [h for h in trainer.state.log_history if "completions/mean_length" in h]
-    lengths = [float(h["completions/mean_length"]) for h in hist]
+    mean_lengths = [float(h["completions/mean_length"]) for h in hist]
     rewards = [float(h["reward"]) for h in hist if "reward" in h]
-    out = summarize(timer.times, timer.cpu_times, lengths, warmup)
+    out = summarize(timer.times, timer.cpu_times, mean_lengths, warmup)
     timed_gen = gen_times[warmup:] if len(gen_times) > warmup else gen_times
     out.update({
         "generation_time_s": [round(t, 4) for t in gen_times],
@@ -317,7 +323,8 @@ def main() -> None:
     ap.add_argument("--lora", action="store_true",
                     help="both systems train LoRA adapters (r 8, alpha 16, q_proj and v_proj: the peer's --lora)")
     ap.add_argument("--size", choices=sorted(SIZES), default="base",
-                    help="base: the peer's model and 64 new tokens; large: 8 layers, hidden 768; long: 256 new tokens")
+                    help="base: the peer's model and 64 new tokens; large: 8 layers, hidden 768; "
+                         "long: every completion 128 tokens (4x the base's mean)")
     ap.add_argument("--trl-gradient-checkpointing", choices=sorted(TRL_GC_MODES), default="both",
                     help="TRL as it comes (default: on), off (as a small-model user runs it), or both")
     ap.add_argument("--bf16-rollouts", action="store_true",
@@ -341,6 +348,7 @@ def main() -> None:
             "num_generations": NUM_GENERATIONS,
             "sequences_per_step": PROMPTS_PER_STEP * NUM_GENERATIONS,
             "max_completion_length": SIZES[args.size]["max_completion_length"],
+            "min_completion_length": SIZES[args.size].get("min_completion_length", 0),
             "trl_gradient_checkpointing": args.trl_gradient_checkpointing,
             "temperature": 1.0,
             "top_p": 1.0,
@@ -365,7 +373,7 @@ def main() -> None:
         "env": env,
     }
     size, modes = SIZES[args.size], TRL_GC_MODES[args.trl_gradient_checkpointing]
-    L = size["max_completion_length"]
+    L = (size.get("min_completion_length", 0), size["max_completion_length"])  # (min, max) new tokens
     with tempfile.TemporaryDirectory(prefix="grpo_step_cpu-") as work:
         model_dir = str(Path(work) / "model")
         build_model(model_dir, size)
@@ -376,27 +384,27 @@ def main() -> None:
                     sfx = GC_SUFFIX[gc]
                     seed_all()
                     sides = {"rlreason" + sfx: RlreasonSteps(model_dir, work, args.steps, lora=args.lora,
-                                                             max_len=L, tag=sfx)}
+                                                             lengths=L, tag=sfx)}
                     if args.bf16_rollouts:  # the same training, sampling from a bf16 copy
                         sides["rlreason_bf16_rollouts" + sfx] = RlreasonSteps(
-                            model_dir, work, args.steps, "bfloat16", lora=args.lora, max_len=L, tag=sfx)
+                            model_dir, work, args.steps, "bfloat16", lora=args.lora, lengths=L, tag=sfx)
                     step_all = lambda sides=sides: [s.step() for s in sides.values()]  # noqa: E731
                     result["trl" + sfx] = bench_trl(model_dir, work, args.steps, args.warmup, between_steps=step_all,
-                                                    lora=args.lora, max_len=L, gradient_checkpointing=gc)
+                                                    lora=args.lora, lengths=L, gradient_checkpointing=gc)
                     for name, side in sides.items():
                         result[name] = side.summary(args.warmup)
             else:
                 if args.only in (None, "rlreason"):
                     result["rlreason"] = bench_rlreason(model_dir, work, args.steps, args.warmup, lora=args.lora,
-                                                        max_len=L)
+                                                        lengths=L)
                     if args.bf16_rollouts:
                         result["rlreason_bf16_rollouts"] = bench_rlreason(
                             model_dir, work, args.steps, args.warmup, rollout_dtype="bfloat16", lora=args.lora,
-                            max_len=L)
+                            lengths=L)
                 if args.only in (None, "trl"):
                     for gc in modes:
                         result["trl" + GC_SUFFIX[gc]] = bench_trl(model_dir, work, args.steps, args.warmup,
-                                                                  lora=args.lora, max_len=L, gradient_checkpointing=gc)
+                                                                  lora=args.lora, lengths=L, gradient_checkpointing=gc)
     env["loadavg_end"] = list(os.getloadavg())
     for sfx in GC_SUFFIX.values():
         r, t = result.get("rlreason" + sfx) or result.get("rlreason"), result.get("trl" + sfx)

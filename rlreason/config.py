@@ -15,10 +15,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .algos import ESTIMATORS, LOSSES, register_estimator, register_loss
-from .registry import BACKENDS, SFT_LOSSES, Registry, check_name
+from .registry import BACKENDS, REWARDS, SFT_LOSSES, Registry, check_name
 from .types import SamplingParams
 
-_REGISTRIES: dict[str, Registry] = {"backends": BACKENDS, "sft_losses": SFT_LOSSES}
+_REGISTRIES: dict[str, Registry] = {"backends": BACKENDS, "sft_losses": SFT_LOSSES, "rewards": REWARDS}
+
+
+def _reward_name(v: str | None) -> str | None:
+    """A registered reward name (typos name the nearest); `module:function` and `trl:NAME`
+    pass here and are imported when the run is built, where rewards/registry.py keeps the
+    import error as the cause and trl is imported only if used."""
+    return v if v is None or ":" in v else REWARDS.check(v)
 
 
 def registered(kind: str) -> list[str]:
@@ -181,7 +188,8 @@ class DataConfig(RowFields):
 
 
 class RewardSpec(_Section):
-    name: str = Field(..., description="Registered reward name or 'module:function'.")
+    name: str = Field(..., description="Registered reward name, 'module:function' or 'trl:NAME' (trl.rewards).",
+                      json_schema_extra={"registry": "rewards"})
     weight: float = Field(1.0, description="Weight in the summed reward.")
     timeout_s: float = Field(10.0, gt=0, description="Per-sample time bound.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments.")
@@ -197,6 +205,11 @@ class RewardSpec(_Section):
         "what trl.rewards index) or plain strings."
     )
 
+    @field_validator("name")
+    @classmethod
+    def _registered_name(cls, v: str) -> str:
+        return _reward_name(v)
+
 
 class RolloutConfig(_Section):
     backend: str = Field(
@@ -211,6 +224,11 @@ class RolloutConfig(_Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_completion_length: int = Field(64, gt=0, description="Maximum new tokens per completion.")
+    min_completion_length: int = Field(
+        0, ge=0, description="Minimum new tokens: neither EOS, stop tokens nor stop strings end a "
+        "completion before this many (vLLM's min_tokens, transformers' min_new_tokens). Logged "
+        "log-probs stay those of the unconstrained policy, as vLLM reports them."
+    )
     stop: list[str] = Field(
         default_factory=list, description="Stop strings: a completion ends once its text contains one "
         "(the string stays in the completion); also in evaluation."
@@ -240,12 +258,21 @@ class RolloutConfig(_Section):
     server_transfer_host: str | None = Field(
         None, description="backend=server: this trainer's address as the server sees it (default: found).")
 
+    @model_validator(mode="after")
+    def _min_within_max(self):
+        if self.min_completion_length > self.max_completion_length:
+            raise ValueError(f"rollout.min_completion_length ({self.min_completion_length}) exceeds "
+                             f"rollout.max_completion_length ({self.max_completion_length})")
+        return self
+
     def sampling(self, **overrides: Any):
         """The SamplingParams every rollout of a run uses (training, hardness probes,
         evaluation with its own temperature and length as overrides)."""
-        return SamplingParams(**{"temperature": self.temperature, "top_p": self.top_p,
-                                 "max_tokens": self.max_completion_length, "stop": tuple(self.stop),
-                                 **overrides})
+        sp = {"temperature": self.temperature, "top_p": self.top_p,
+              "max_tokens": self.max_completion_length, "stop": tuple(self.stop), **overrides}
+        # an evaluation with a shorter length limit keeps the minimum within it
+        sp.setdefault("min_tokens", min(self.min_completion_length, sp["max_tokens"]))
+        return SamplingParams(**sp)
 
 
 class AlgoConfig(_Section):
@@ -406,7 +433,13 @@ class EvalConfig(_Section):
     max_new_tokens: int | None = Field(None, gt=0, description="Default: max_completion_length.")
     reward: str | None = Field(
         None, description="Reward that grades held-out answers (default: the first of `rewards`); set it when "
-        "training label-free (majority_vote, urpa) to measure accuracy against the labels.")
+        "training label-free (majority_vote, urpa) to measure accuracy against the labels.",
+        json_schema_extra={"registry": "rewards"})
+
+    @field_validator("reward")
+    @classmethod
+    def _registered_reward(cls, v: str | None) -> str | None:
+        return _reward_name(v)
 
 
 class TrainConfig(_Section):
@@ -662,17 +695,17 @@ def reference(model: type[BaseModel] = RecipeConfig, prefix: str = "") -> list[s
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out.extend(reference(ann, key + "."))
             continue
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        kind = " / ".join(f"`{n}`" for n in registered(extra["registry"])) if "registry" in extra \
+            else _type_name(ann)
         default = f.get_default(call_default_factory=True)
         if f.is_required():
-            out.append(f"| `{key}` | {_type_name(ann)} | (required) | {f.description or ''} |")
+            out.append(f"| `{key}` | {kind} | (required) | {f.description or ''} |")
             continue
         if isinstance(default, BaseModel):
             default = default.model_dump()
         elif isinstance(default, list) and default and isinstance(default[0], BaseModel):
             default = [d.model_dump(exclude_defaults=True) for d in default]
-        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
-        kind = " / ".join(f"`{n}`" for n in registered(extra["registry"])) if "registry" in extra \
-            else _type_name(ann)
         out.append(f"| `{key}` | {kind} | `{default!r}` | {f.description or ''} |")
         item = get_args(ann)[0] if get_origin(ann) is list and get_args(ann) else None
         if isinstance(item, type) and issubclass(item, BaseModel):  # fields of each list entry

@@ -50,8 +50,9 @@ def check_name(name: str, names: list[str], *, what: str, field: str, add: Calla
 class Registry:
     """Names -> implementations, resolved lazily; errors name the recipe field."""
 
-    def __init__(self, field: str, what: str, builtins: dict[str, str]) -> None:
-        self.field, self.what = field, what
+    def __init__(self, field: str, what: str, builtins: dict[str, str],
+                 how: str = "name yours 'module:attribute' or add it with rlreason.registry") -> None:
+        self.field, self.what, self.how = field, what, how
         self._paths: dict[str, str] = dict(builtins)  # name -> "module:attribute", not imported yet
         self._objects: dict[str, Any] = {}
 
@@ -63,6 +64,17 @@ class Registry:
         else:
             self._objects[name] = impl
 
+    def register_unique(self, name: str, obj: Callable[..., Any]) -> None:
+        """Register `obj` as `name` unless another implementation holds the name (a built-in
+        path counts before it is imported); the same one again (a module reload) is fine."""
+        def where(o: Any) -> str:
+            return f"{getattr(o, '__module__', None)}:{getattr(o, '__qualname__', repr(o))}"
+
+        held = where(self._objects[name]) if name in self._objects else self._paths.get(name)
+        if held is not None and held != where(obj):
+            raise ValueError(f"{self.what} {name!r} is already registered to {held}")
+        self._objects[name] = obj
+
     def names(self) -> list[str]:
         return list(dict.fromkeys([*self._paths, *self._objects]))
 
@@ -70,7 +82,7 @@ class Registry:
         """`name` if registered; a `module:attribute` is imported now and registered under
         itself; anything else raises with the registered names and the nearest ones."""
         return check_name(name, self.names(), what=self.what, field=self.field, add=self._objects.__setitem__,
-                          how="name yours 'module:attribute' or add it with rlreason.registry")
+                          how=self.how)
 
     def get(self, name: str) -> Any:
         """The implementation, imported on first use."""
@@ -86,6 +98,18 @@ BACKENDS = Registry("rollout.backend", "rollout backend", {
     "vllm": "rlreason.rollout.vllm:from_config",
     "server": "rlreason.rollout.remote:from_config",
 })
+
+#: rewards: `fn(completion, problem, **kwargs) -> float`, or a group reward (`fn.scope = "group"`);
+#: built-ins register themselves with rewards.register_reward when their module is imported
+REWARDS = Registry("rewards[].name", "reward", {
+    "math": "rlreason.rewards.math:math_reward",
+    "exact_match": "rlreason.rewards.basic:exact_match_reward",
+    "format": "rlreason.rewards.basic:format_reward",
+    "overlong": "rlreason.rewards.overlong:overlong_reward",
+    "majority_vote": "rlreason.rewards.label_free:majority_vote_reward",
+    "urpa": "rlreason.rewards.label_free:urpa_reward",
+    "reasoning_gym": "rlreason.rewards.reasoning_gym:reasoning_gym_reward",
+}, how="name yours 'module:function' or register it with @rlreason.rewards.register_reward")
 
 #: SFT losses: `loss(logits [N,V], targets [N], cfg: SFTConfig, generator) -> (loss, metrics)`
 SFT_LOSSES = Registry("sft.loss", "SFT loss", {

@@ -50,6 +50,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
     stop: tuple[str, ...] = ()  # a completion ends once its text contains one (kept in it)
+    min_tokens: int = 0  # no stop (EOS, stop token, stop string) before this many tokens (vLLM's name)
 
 
 @dataclass

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from rlreason.config import ConfigError, load_config, reference
-from rlreason.registry import BACKENDS, SFT_LOSSES, Registry
+from rlreason.registry import BACKENDS, REWARDS, SFT_LOSSES, Registry
 
 
 @pytest.fixture(autouse=True)
 def _registries_restored(monkeypatch):
     """Implementations these tests register (`module:attribute`) leave with the test."""
-    for registry in (BACKENDS, SFT_LOSSES):
+    for registry in (BACKENDS, SFT_LOSSES, REWARDS):
         monkeypatch.setattr(registry, "_objects", dict(registry._objects))
         monkeypatch.setattr(registry, "_paths", dict(registry._paths))
 
@@ -32,6 +32,36 @@ def test_a_typo_names_the_field_the_choices_and_the_nearest():
         load_config(None, ["sft.loss=ort"])
     with pytest.raises(ConfigError, match=r"rollout.backend 'no_such_module:make': cannot import it"):
         load_config(None, ["rollout.backend='no_such_module:make'"])
+
+
+def test_reward_names_are_checked_when_the_recipe_loads():
+    """Before anything is built: a typo names the nearest rewards, in `rewards` and in
+    `eval.reward`; `module:function` and `trl:NAME` are left to the run (resolve_reward)."""
+    with pytest.raises(ConfigError, match=r"rewards.0.name.*'mathh' is not a registered reward \(math, "
+                                          r"exact_match, .*\); did you mean math"):
+        load_config(None, ["rewards=[{name: mathh}]"])
+    with pytest.raises(ConfigError, match=r"eval.reward.*'exact_mach'.*did you mean exact_match"):
+        load_config(None, ["eval.reward=exact_mach"])
+    cfg = load_config(None, ["rewards=[{name: 'trl:accuracy_reward'}, {name: 'mine:score'}]"])
+    assert [r.name for r in cfg.rewards] == ["trl:accuracy_reward", "mine:score"]
+    assert any("`rewards[].name`" in ln and "`math` / `exact_match`" in ln for ln in reference())
+
+
+def test_a_reward_name_held_by_a_builtin_cannot_be_taken():
+    """Even before the built-in's module is imported, its path holds the name."""
+    from rlreason.rewards import RewardError, register_reward
+
+    monkey = Registry("rewards[].name", "reward", {"math": "rlreason.rewards.math:math_reward"})
+    with pytest.raises(ValueError, match="reward 'math' is already registered to rlreason.rewards.math:math_reward"):
+        monkey.register_unique("math", len)
+    with pytest.raises(RewardError, match="already registered"):
+        register_reward("exact_match")(lambda completion, problem: 1.0)
+
+    def mine(completion, problem):
+        return 1.0
+
+    assert register_reward("mine_for_this_test")(mine) is mine
+    assert load_config(None, ["rewards=[{name: mine_for_this_test}]"]).rewards[0].name == "mine_for_this_test"
 
 
 def test_builtins_are_imported_only_when_used():

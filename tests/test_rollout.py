@@ -161,3 +161,46 @@ def test_sampling_params_with_stop_strings_travel_to_vllm_and_the_server():
     assert sampling_from_json(sampling_to_json(sp)) == sp
     kw = sampling_kwargs(sp, 2, 4)
     assert kw["stop"] == ["</answer>"] and kw["include_stop_str_in_output"] is True
+
+
+def test_a_minimum_length_defers_every_stop_and_keeps_the_policys_logprobs():
+    """min_tokens: no EOS, stop token or stop string among the first min_tokens tokens;
+    the logged log-probs are those of the unconstrained policy (what vLLM reports, and what
+    the trainer recomputes), checked against a teacher-forced forward."""
+    model, tok = _model("llama")
+    prompts = [tok("12+34=", add_special_tokens=False)["input_ids"]]
+    digits = tuple(tok.convert_tokens_to_ids(list("0123456789")))
+    eng = HFEngine(model, tok, seed=0)
+    free = eng.generate(prompts, 16, SamplingParams(max_tokens=12, seed=1, stop_token_ids=digits))[0]
+    assert sum(len(c.token_ids) <= 3 for c in free) >= 4  # without it, digits end them early
+    m = 5
+    sp = SamplingParams(max_tokens=12, seed=1, stop_token_ids=digits, stop=("+",), min_tokens=m)
+    held = eng.generate(prompts, 16, sp)[0]
+    stops = set(digits) | {tok.eos_token_id}
+    for c in held:
+        assert not stops & set(c.token_ids[:m]) and len(c.token_ids) > m
+        assert c.finish_reason == "length" or c.token_ids[-1] in stops or "+" in tok.decode(c.token_ids)
+        ids = torch.tensor([prompts[0] + c.token_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, len(prompts[0]) - 1 : -1].float(), -1)
+        want = logp.gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
+        assert c.logprobs == pytest.approx(want.tolist(), abs=1e-4)
+    greedy = eng.generate(prompts, 1, SamplingParams(temperature=0, max_tokens=12, stop_token_ids=digits,
+                                                     min_tokens=m))[0][0]
+    assert not stops & set(greedy.token_ids[:m])
+
+
+def test_a_minimum_length_is_checked_against_the_maximum_and_travels_everywhere():
+    from rlreason.config import RolloutConfig
+    from rlreason.rollout.vllm import sampling_kwargs
+    from rlreason.rollout.wire import sampling_from_json, sampling_to_json
+
+    with pytest.raises(ValueError, match="min_completion_length.*exceeds.*max_completion_length"):
+        RolloutConfig(max_completion_length=8, min_completion_length=9)
+    cfg = RolloutConfig(max_completion_length=8, min_completion_length=6)
+    assert cfg.sampling().min_tokens == 6
+    assert cfg.sampling(max_tokens=4).min_tokens == 4  # a shorter evaluation limit bounds it
+    sp = cfg.sampling()
+    assert sampling_from_json(sampling_to_json(sp)) == sp
+    assert sampling_kwargs(sp, 2, 0)["min_tokens"] == 6
+    assert "min_tokens" not in sampling_kwargs(RolloutConfig().sampling(), 2, 0)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlreason.plugins import import_user_module, resolve_attribute
+from rlreason.registry import REWARDS
 from rlreason.rewards.trl_compat import TRL_PREFIX, TRLRewardError, adapt_trl_reward, resolve_trl_builtin
 from rlreason.types import Problem
 
@@ -46,28 +47,24 @@ __all__ = [
 
 RewardFn = Callable[..., Any]
 
-_REGISTRY: dict[str, RewardFn] = {}
-
 
 class RewardError(Exception):
     """A reward could not be resolved, raised, or returned something that is not a score."""
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: make `fn` resolvable as `name`. Returns `fn` unchanged.
+    """Decorator: make `fn` resolvable as `name` (in registry.REWARDS, the one list the
+    config validates names against). Returns `fn` unchanged.
 
     Registering a different function under a taken name raises, so two modules cannot
     silently shadow each other; re-registering the same function (a module reload) is fine.
     """
 
     def decorator(fn: RewardFn) -> RewardFn:
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing is not fn and (
-            getattr(existing, "__qualname__", None),
-            getattr(existing, "__module__", None),
-        ) != (getattr(fn, "__qualname__", None), getattr(fn, "__module__", None)):
-            raise RewardError(f"reward {name!r} is already registered to {existing!r}")
-        _REGISTRY[name] = fn
+        try:
+            REWARDS.register_unique(name, fn)
+        except ValueError as e:
+            raise RewardError(str(e)) from None
         return fn
 
     return decorator
@@ -75,7 +72,7 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
 
 def registered_rewards() -> list[str]:
     """The registered reward names, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(REWARDS.names())
 
 
 def resolve_reward(spec: str) -> RewardFn:
@@ -87,12 +84,9 @@ def resolve_reward(spec: str) -> RewardFn:
     """
     if ":" not in spec:
         try:
-            return _REGISTRY[spec]
-        except KeyError:
-            raise RewardError(
-                f"unknown reward {spec!r}; registered rewards: {', '.join(registered_rewards())}"
-                " (or give 'package.module:function')"
-            ) from None
+            return REWARDS.get(spec)
+        except ValueError as e:  # names the registered rewards and the nearest ones
+            raise RewardError(f"unknown reward: {e}") from None
 
     module_name, _, attr = spec.partition(":")
     hint = f"registered rewards: {', '.join(registered_rewards())}"

@@ -24,16 +24,22 @@ from . import static_cache
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None,
+                  banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row. logits [B,V] -> (tokens [B], logprobs [B]).
 
-    The log-probability is under the tempered distribution before top-p filtering, which
-    is what the trainer recomputes (TRL and vLLM report the same quantity).
+    The log-probability is under the tempered distribution before top-p filtering and
+    before `banned` token ids (stops under a minimum length) are excluded, which is what
+    the trainer recomputes (TRL and vLLM report the same quantity).
     """
     if temperature == 0:
+        if banned is not None:
+            logits = logits.index_fill(-1, banned, float("-inf"))
         return logits.argmax(-1), torch.zeros(logits.size(0), device=logits.device)
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     probs = logp.exp()
+    if banned is not None:
+        probs = probs.index_fill(-1, banned, 0.0)
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set with mass >= top_p
@@ -195,11 +201,13 @@ class HFEngine:
         for t in range(sp.max_tokens):
             # every row is sampled (finished ones too, then masked), so the generator's
             # stream does not depend on when rows leave the cache
-            tok, lp = sample_tokens(logits, sp.temperature, sp.top_p, self.generator)
+            early = t < sp.min_tokens  # rows alive now have t tokens: no stop may end them
+            tok, lp = sample_tokens(logits, sp.temperature, sp.top_p, self.generator,
+                                    banned=stop if early else None)
             tok = tok.masked_fill(finished, self.pad_id)
             out_tok[:, t], out_lp[:, t] = tok, lp.masked_fill(finished, 0.0)
             lengths += (~finished).long()
-            if sp.stop:  # rows whose text now holds a stop string end here
+            if sp.stop and not early:  # rows whose text now holds a stop string end here
                 for i in self._text_stops(out_tok, lengths, finished, sp.stop):
                     finished[i] = True
                     stopped_by_text.add(i)

@@ -34,6 +34,8 @@ def sampling_kwargs(sp: SamplingParams, n: int, seed: int | None) -> dict[str, A
                               max_tokens=sp.max_tokens, logprobs=0, seed=seed)
     if sp.stop_token_ids:
         kw["stop_token_ids"] = list(sp.stop_token_ids)
+    if sp.min_tokens:
+        kw["min_tokens"] = sp.min_tokens
     if sp.stop:  # kept in the text, as the transformers backend does: text matches tokens
         kw.update(stop=list(sp.stop), include_stop_str_in_output=True)
     return kw
