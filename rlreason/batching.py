@@ -33,6 +33,12 @@ class Sequence:
     old_logp: torch.Tensor | None = None  # [T] when num_iterations > 1
     ref_logp: torch.Tensor | None = None  # [T] when beta > 0
     sampler_logp: list[float] | None = None  # what the rollout engine reported
+    loss_mask: list[int] | None = None  # episodes: 0 on tokens an environment inserted
+
+    @property
+    def num_trained_tokens(self) -> int:
+        """Completion tokens that carry loss (the model's own)."""
+        return len(self.completion) if self.loss_mask is None else sum(self.loss_mask)
 
 
 def micro_batches(seqs: list[Sequence], size: int, group_size: int = 1) -> list[list[Sequence]]:
@@ -51,7 +57,10 @@ def micro_batches(seqs: list[Sequence], size: int, group_size: int = 1) -> list[
 def _completion_mask(seqs: list[Sequence], T: int) -> torch.Tensor:
     mask = torch.zeros((len(seqs), T), dtype=torch.float32)
     for i, s in enumerate(seqs):
-        mask[i, : len(s.completion)] = 1.0
+        if s.loss_mask is None:
+            mask[i, : len(s.completion)] = 1.0
+        else:  # an episode: the environment's tokens are context, not trained on
+            mask[i, : len(s.completion)] = torch.tensor(s.loss_mask, dtype=torch.float32)
     return mask
 
 

@@ -15,10 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .algos import ESTIMATORS, LOSSES, register_estimator, register_loss
-from .registry import BACKENDS, REWARDS, SFT_LOSSES, Registry, check_name
+from .registry import BACKENDS, ENVIRONMENTS, REWARDS, SFT_LOSSES, Registry, check_name
 from .types import SamplingParams
 
-_REGISTRIES: dict[str, Registry] = {"backends": BACKENDS, "sft_losses": SFT_LOSSES, "rewards": REWARDS}
+_REGISTRIES: dict[str, Registry] = {"backends": BACKENDS, "sft_losses": SFT_LOSSES, "rewards": REWARDS,
+                                     "environments": ENVIRONMENTS}
 
 
 def _reward_name(v: str | None) -> str | None:
@@ -113,10 +114,11 @@ class ModelConfig(_Section):
 
 
 class SyntheticConfig(_Section):
-    task: Literal["addition", "addition3", "subtraction", "sum_words"] = Field(
+    task: Literal["addition", "addition3", "subtraction", "sum_words", "multiplication"] = Field(
         "addition", description="Synthetic task: addition ('47+85='), addition3 ('47+85+12='), "
-        "subtraction ('85-47=', a >= b) or sum_words ('sum of 47 and 85 ='); answers least-"
-        "significant digit first (rlreason.data.synthetic)."
+        "subtraction ('85-47=', a >= b) or sum_words ('sum of 47 and 85 ='), answers least-"
+        "significant digit first; multiplication ('123*45=' -> '#### 5535', for tools) "
+        "(rlreason.data.synthetic)."
     )
     difficulty: int = Field(2, ge=1, le=12, description="Difficulty level (digits per operand).")
     min_difficulty: int | None = Field(
@@ -129,6 +131,10 @@ class SyntheticConfig(_Section):
         "any", description="Keep problems by carries: none, at least one, only out of the lowest "
         "column, only out of the highest, none out of the lowest."
     )
+    tool_calls: bool = Field(
+        False, description="multiplication: oracle solutions call the calculator "
+        "('<calculator>123*45</calculator><result>5535</result>#### 5535'), so the tiny model's warm "
+        "start shows the call format (env.name: tools).")
     num_train: int = Field(2000, gt=0, description="Training problems generated.")
     num_eval: int = Field(128, ge=0, description="Held-out problems generated.")
     seed: int = Field(1234, description="Seed of the generated problems.")
@@ -273,6 +279,29 @@ class RolloutConfig(_Section):
         # an evaluation with a shorter length limit keeps the minimum within it
         sp.setdefault("min_tokens", min(self.min_completion_length, sp["max_tokens"]))
         return SamplingParams(**sp)
+
+
+class EnvConfig(_Section):
+    """Multi-turn rollouts (rollout/environment.py): the model acts in an environment, e.g.
+    calls tools; only its own tokens are trained on."""
+
+    name: str | None = Field(
+        None, description="Environment: tools (calculator, python), your own 'module:Class', or null "
+        "(one completion per prompt).", json_schema_extra={"registry": "environments"},
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="The environment's own settings; tools: {tools: [calculator], "
+        "format: auto|tags|chat, tool_kwargs: {python: {timeout_s: 5, memory_mb: 512}}}.")
+    max_turns: int = Field(4, gt=0, description="Model turns per episode; an episode still calling tools "
+                           "after the last one is truncated.")
+    max_total_tokens: int = Field(
+        512, gt=0, description="Tokens after the prompt per episode, model turns and inserted observations "
+        "together (rollout.max_completion_length bounds each turn); reaching it truncates the episode.")
+
+    @field_validator("name")
+    @classmethod
+    def _registered_env(cls, v: str | None) -> str | None:
+        return v if v is None else ENVIRONMENTS.check(v)
 
 
 class AlgoConfig(_Section):
@@ -508,6 +537,7 @@ class RecipeConfig(_Section):
         default_factory=lambda: [RewardSpec(name="math")], description="Summed rewards."
     )
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

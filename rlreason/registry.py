@@ -116,3 +116,14 @@ SFT_LOSSES = Registry("sft.loss", "SFT loss", {
     "sft": "rlreason.algos.otr:sft_loss_from_config",
     "otr": "rlreason.algos.otr:otr_loss_from_config",
 })
+
+#: environments (rollout/environment.py): classes made per episode as `cls(tokenizer, **env.kwargs)`
+ENVIRONMENTS = Registry("env.name", "environment", {
+    "tools": "rlreason.rollout.tool_env:ToolEnv",
+})
+
+#: tools of the `tools` environment: `tool(arguments, **tool_kwargs) -> str` (rollout/tools.py)
+TOOLS = Registry("env.kwargs.tools", "tool", {
+    "calculator": "rlreason.rollout.tools:calculator",
+    "python": "rlreason.rollout.tools:python",
+})

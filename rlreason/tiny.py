@@ -85,7 +85,8 @@ def tiny_model_path(cfg: ModelConfig, synth: SyntheticConfig, rg: RGTask | None 
         ws = warmstart_synthetic(cfg, synth)
         task = {"task": ws.task, "difficulty": ws.difficulty, "min_difficulty": ws.min_difficulty,
                 **({"carries": ws.carries} if ws.carries != "any" else {}),
-                **({"operator": ws.operator} if ws.operator != "+" else {})}
+                **({"operator": ws.operator} if ws.operator != "+" else {}),
+                **({"tool_calls": True} if ws.tool_calls else {})}
     key = json.dumps(
         {"v": TINY_FORMAT_VERSION, "tiny": cfg.tiny.model_dump(exclude={"warmstart_data"}), **task},
         sort_keys=True, default=str,
@@ -122,7 +123,7 @@ def warmstart_problems(cfg: ModelConfig, synth: SyntheticConfig, rg: RGTask | No
     ws = warmstart_synthetic(cfg, synth)
     return synthetic_problems(ws.task, n, ws.difficulty, seed=seed, min_difficulty=ws.min_difficulty,
                               split="warmstart-probe" if probe else "warmstart", carries=ws.carries,
-                              allow_fewer=True, operator=ws.operator)
+                              allow_fewer=True, operator=ws.operator, tool_calls=ws.tool_calls)
 
 
 def build_tiny_model(cfg: ModelConfig, synth: SyntheticConfig, path: Path, log=print,

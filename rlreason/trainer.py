@@ -36,6 +36,8 @@ from .optim import make_optimizer, make_scheduler
 from .rewards import RewardFunction, check_timeout_fractions, compute_rewards, rewards_from_config
 from .rollout.dynamic_sampling import Groups, dynamic_batch
 from .rollout.engine import make_engine, push_weights
+from .rollout.environment import EnvFactory, env_factory
+from .rollout.episodes import episode_generator, episode_metrics, with_env_rewards
 from .rollout.guidance import build_guide, encode_guided, gather_all, scored_text
 from .rollout.stats import rollout_stats
 from .run_dir import check_run_dir, claim_run
@@ -77,6 +79,7 @@ class Run:
     model_path: str = ""
     weights_stale: bool = True  # the engine has not seen the policy's current weights
     guide: Any = None  # rollout.guidance.Guide when guidance is enabled
+    make_env: EnvFactory | None = None  # env section: rollouts are multi-turn episodes
     problems_by_id: dict[str, Problem] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -107,7 +110,7 @@ def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
     cfg, acc = run.cfg, run.accelerator
     W = acc.num_processes
     dropped = lambda s: cfg.algo.mask_truncated_completions and s.truncated  # noqa: E731
-    n_tokens = sum(len(s.completion) for s in seqs if not dropped(s))
+    n_tokens = sum(s.num_trained_tokens for s in seqs if not dropped(s))
     n_seqs = len(seqs) * W  # every rank holds an equal share of the step's sequences
     if W > 1:  # step-level normalisers count every rank's tokens
         n_tokens = int(acc.reduce(torch.tensor(n_tokens, device=acc.device), reduction="sum"))
@@ -165,7 +168,7 @@ def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
 def rollout(run: Run, problems: list[Problem], n: int, sampling: SamplingParams):
     """Prompt tokens -> completions (grouped per prompt) and their decoded texts."""
     prompts = [encode_guided(p, run.encode, run.tokenizer) for p in problems]
-    groups: list[list[Completion]] = run.engine.generate(prompts, n, sampling)
+    groups: list[list[Completion]] = generator(run)(problems, prompts, n, sampling)
     flat = [c for g in groups for c in g]
     texts = run.tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
     for c, t in zip(flat, texts):
@@ -214,6 +217,7 @@ def _step_metrics(run: Run, seen: Groups, seen_rewards: torch.Tensor, dt: float,
         "strategy": strategy(run.accelerator),
     }
     out["tokens_per_s"] = out.pop("completion_tokens") / dt
+    out.update(episode_metrics(seen.completions))
     if len(seen.raw) > 1:
         out.update({f"rewards/{k}": sum(v) / len(v) for k, v in seen.raw.items()})
     out["rewards/timeouts"] = int(seen.timeouts)
@@ -230,11 +234,12 @@ def _score(run: Run, problems: list[Problem], n: int, sampling: SamplingParams) 
     repeated = [p for p in problems for _ in range(n)]
     scored = compute_rewards([scored_text(p, c.text) for p, c in zip(repeated, completions)],  # hint counted
                              repeated, run.rewards, group_size=n, lengths=[len(c.token_ids) for c in completions])
+    totals, raw = with_env_rewards(scored.totals, scored.raw, completions)
     counts = gather_cpu(torch.tensor([scored.timeouts[rf.name] for rf, _ in run.rewards]), acc)
     counts = counts.view(-1, len(run.rewards)).sum(0)
     timeouts = {rf.name: int(n) for (rf, _), n in zip(run.rewards, counts.tolist())}
     check_timeout_fractions(run.rewards, timeouts, len(repeated) * acc.num_processes)
-    return Groups(problems, completions, list(scored.totals), scored.raw, sum(timeouts.values()))
+    return Groups(problems, completions, totals, raw, sum(timeouts.values()))
 
 
 def _sample(run: Run, sampling: SamplingParams) -> Groups:
@@ -264,7 +269,8 @@ def rl_step(run: Run) -> dict[str, float]:
     adv = adv.view(acc.num_processes, -1)[acc.process_index]
     seqs = [Sequence(prompt=c.prompt_token_ids, completion=c.token_ids,
                      advantage=float(a), truncated=c.finish_reason == "length",
-                     sampler_logp=c.logprobs if sampling.temperature > 0 else None)
+                     sampler_logp=c.logprobs if sampling.temperature > 0 else None,
+                     loss_mask=c.loss_mask)
             for c, a in zip(batch.completions, adv.tolist())]
     if cfg.algo.num_iterations > 1 or cfg.algo.beta > 0:                  # logprobs
         _attach_fixed_logprobs(run, seqs)
@@ -309,7 +315,8 @@ def evaluate(run: Run) -> dict[str, float]:
     if not problems:
         return {}
     sync_weights(run)
-    return held_out_metrics(run.cfg, run.engine, run.tokenizer, problems, run.encode, run.extra["grader"])
+    return held_out_metrics(run.cfg, run.engine, run.tokenizer, problems, run.encode, run.extra["grader"],
+                            generate=generator(run))
 
 
 # ---------------------------------------------------------------- setup and loop
@@ -359,7 +366,15 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     return Run(cfg=cfg, accelerator=accelerator, model=model, tokenizer=tok, engine=engine,
                optimizer=optimizer, scheduler=scheduler,
                train_data=ProblemStream(train, cfg.train.seed), eval_problems=held,
-               rewards=rewards, ref_model=ref, encode=encode, model_path=path, extra={"grader": grader})
+               rewards=rewards, ref_model=ref, encode=encode, model_path=path, extra={"grader": grader},
+               make_env=env_factory(cfg.env, tok))
+
+
+def generator(run: Run):
+    """generate(problems, prompts, n, sampling): the engine's completions, or episodes in
+    the recipe's environment (rollout/episodes.py)."""
+    return episode_generator(run.engine, run.tokenizer, run.make_env, max_turns=run.cfg.env.max_turns,
+                             max_total_tokens=run.cfg.env.max_total_tokens)
 
 
 def save(run: Run) -> Path:

@@ -60,7 +60,12 @@ class Completion:
     token_ids: sampled tokens, EOS included when the model stopped on it.
     logprobs: log-probability of each sampled token under the sampling distribution
       (temperature applied), one per token id.
-    finish_reason: "stop" (EOS / stop token) or "length" (hit max_tokens).
+    finish_reason: "stop" (EOS / stop token) or "length" (hit max_tokens, or an episode's
+      turn or token limit).
+    loss_mask: for a multi-turn episode (rollout/episodes.py), 1 where the model sampled the
+      token and 0 where an environment inserted it (tool output); None: every token is the
+      model's. Only model tokens carry loss; an inserted token's logprob is 0.
+    info: an episode's counters (turns, tool_calls, tool_errors, truncated, env_reward).
     """
 
     prompt_token_ids: list[int]
@@ -68,6 +73,8 @@ class Completion:
     logprobs: list[float]
     finish_reason: str
     text: str = ""
+    loss_mask: list[int] | None = None
+    info: dict[str, Any] | None = None
 
 
 @dataclass

@@ -23,6 +23,15 @@ RL sharpens without sharing the prompt (PaST):
                                           (85-80= -> "50"); `carries` filters by borrows
   sum_words    "sum of 47 and 85 =" -> "231"  a + b asked in words, no operator symbol
 
+And one task made for tools (multi-turn rollouts, rollout/tool_env.py):
+
+  multiplication  "123*45=" -> "5535"  a (difficulty digits) * b (difficulty - 1 digits), the
+               product in the usual order; the solution is "#### 5535", or with
+               `tool_calls` the calculator's transcript
+               "<calculator>123*45</calculator><result>5535</result>#### 5535", which a
+               warm start uses to show the call format. A tiny model does not learn to
+               multiply in minutes; with the tool it has to learn to call and copy.
+
 Answers of the new tasks are at most 8 characters (difficulty <= 7). Combinations that
 mean nothing are refused with the field named: `operator` on sum_words (no symbol), and
 `carries: top_only` on subtraction (with a >= b the highest column never borrows).
@@ -70,7 +79,7 @@ def subtraction_answer(a: int, b: int, digits: int) -> str:
     return str(a - b).zfill(digits)[::-1]
 
 
-TASKS = ("addition", "addition3", "subtraction", "sum_words")
+TASKS = ("addition", "addition3", "subtraction", "sum_words", "multiplication")
 MAX_ANSWER_CHARS = 8  # answers of the arithmetic-skill tasks (addition keeps its old range)
 
 
@@ -104,6 +113,24 @@ def make_addition(rng: random.Random, digits: int, index: int, prefix: str,
 
 def _draw(rng: random.Random, lo: int, hi: int, n: int) -> list[int]:
     return [rng.randint(lo, hi) for _ in range(n)]
+
+
+def tool_solution(expression: str, value: int) -> str:
+    """The calculator transcript of an answer, in the tools environment's tag format."""
+    return f"<calculator>{expression}</calculator><result>{value}</result>#### {value}"
+
+
+def make_multiplication(rng: random.Random, digits: int, index: int, prefix: str, operator: str = "+",
+                        tool_calls: bool = False) -> Problem:
+    lo = 0 if digits == 1 else 10 ** (digits - 1)
+    small = max(1, digits - 1)
+    a = rng.randint(lo, 10**digits - 1)
+    b = rng.randint(0 if small == 1 else 10 ** (small - 1), 10**small - 1)
+    symbol = "*" if operator == "+" else operator
+    expression = f"{a}*{b}"
+    return Problem(id=f"{prefix}-{index}", prompt=f"{a}{symbol}{b}=", answer=str(a * b),
+                   solution=tool_solution(expression, a * b) if tool_calls else f"#### {a * b}",
+                   metadata={"level": digits, "a": a, "b": b})
 
 
 def make_skill_problem(task: str, rng: random.Random, digits: int, index: int, prefix: str,
@@ -155,6 +182,13 @@ def check_task(task: str, difficulty: int, carries: str = "any", operator: str =
                          f"{task!r}; raise difficulty (and min_difficulty) to >= 2")
     if task == "addition":
         return
+    if task == "multiplication":
+        if carries != "any":
+            raise ValueError(f"data.synthetic.carries: task 'multiplication' has no carry filter; got {carries!r}")
+        if 2 * difficulty - 1 > MAX_ANSWER_CHARS:
+            raise ValueError(f"data.synthetic.difficulty: task 'multiplication' keeps products <= "
+                             f"{MAX_ANSWER_CHARS} digits; difficulty {difficulty} gives {2 * difficulty - 1}")
+        return
     longest = difficulty + (task != "subtraction")  # a sum may gain a digit
     if longest > MAX_ANSWER_CHARS:
         raise ValueError(f"data.synthetic.difficulty: task {task!r} keeps answers <= "
@@ -180,6 +214,7 @@ def synthetic_problems(
     carries: str = "any",
     allow_fewer: bool = False,
     operator: str = "+",
+    tool_calls: bool = False,
 ) -> list[Problem]:
     """`num` distinct problems; `exclude` holds prompts that must not appear (held-out).
     With `allow_fewer`, a level with fewer distinct problems than `num` gives them all."""
@@ -200,6 +235,8 @@ def synthetic_problems(
             )
         if task == "addition":  # its draws are unchanged, so earlier runs' data is the same
             p = make_addition(rng, rng.choice(levels), len(out), f"{task}-{split}", carries, operator)
+        elif task == "multiplication":
+            p = make_multiplication(rng, rng.choice(levels), len(out), f"{task}-{split}", operator, tool_calls)
         else:
             p = make_skill_problem(task, rng, rng.choice(levels), len(out), f"{task}-{split}",
                                    carries, operator)
@@ -215,11 +252,11 @@ def synthetic_splits(cfg) -> tuple[list[Problem], list[Problem]]:
     held = synthetic_problems(
         cfg.task, cfg.num_eval, cfg.difficulty, cfg.seed,
         min_difficulty=cfg.min_difficulty, split="eval", carries=cfg.carries,
-        operator=cfg.operator,
+        operator=cfg.operator, tool_calls=cfg.tool_calls,
     )
     train = synthetic_problems(
         cfg.task, cfg.num_train, cfg.difficulty, cfg.seed,
         min_difficulty=cfg.min_difficulty, split="train", exclude={p.prompt for p in held},
-        carries=cfg.carries, operator=cfg.operator,
+        carries=cfg.carries, operator=cfg.operator, tool_calls=cfg.tool_calls,
     )
     return train, held

@@ -141,6 +141,7 @@ def evaluate_problems(
     chunk_size: int | None = None,
     progress: EvalProgress | None = None,
     preserve_rng: bool = True,
+    generate: Callable[[list[Problem], list[list[int]], int, SamplingParams], list[list[Any]]] | None = None,
 ) -> EvalResult:
     """Sample `n` completions per problem with `engine`, grade them, and aggregate.
 
@@ -150,6 +151,8 @@ def evaluate_problems(
       `progress` move during a long run (the engine still batches within a chunk).
     preserve_rng: restore the engine's sampling RNG afterwards, so evaluating in the
       middle of training does not change the training samples that follow.
+    generate: (problems, prompt ids, n, sampling) -> completions per problem; default the
+      engine's `generate`; multi-turn episodes pass rollout.episodes' generator.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1 completions per problem, got {n}")
@@ -165,7 +168,7 @@ def evaluate_problems(
             batch = list(problems[start : start + chunk])
             prompt_ids = [encode(p) for p in batch]
             t0 = time.perf_counter()
-            groups = engine.generate(prompt_ids, n, sp)
+            groups = generate(batch, prompt_ids, n, sp) if generate else engine.generate(prompt_ids, n, sp)
             gen_time += time.perf_counter() - t0
             sp = dataclasses.replace(sp, seed=None)  # a seed starts the stream once, not per chunk
             flat = [c for g in groups for c in g]
@@ -193,14 +196,15 @@ def evaluate_problems(
 
 
 def held_out_metrics(cfg, engine: Any, tokenizer: Any, problems: Sequence[Problem],
-                     encode: Callable[[Problem], list[int]], grader: Grader) -> dict[str, float]:
+                     encode: Callable[[Problem], list[int]], grader: Grader,
+                     generate: Callable[..., list[list[Any]]] | None = None) -> dict[str, float]:
     """The trainer's periodic evaluation, through the same path as `rlreason eval`:
     `eval.n` samples per problem (greedy at eval.temperature 0), graded by `grader` (the
     recipe's first reward); keys `eval/...`, the sampler's RNG left where it was."""
     sampling = cfg.rollout.sampling(temperature=cfg.eval.temperature,
                                     max_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_completion_length)
     res = evaluate_problems(engine, tokenizer, problems, encode, n=cfg.eval.n, sampling=sampling,
-                            grader=grader, preserve_rng=True)
+                            grader=grader, preserve_rng=True, generate=generate)
     out = {f"eval/{k}": v for k, v in res.metrics.items()}
     out["eval/accuracy"] = res.metrics["pass@1"]
     out["eval/completion_length"] = (res.generation or {}).get("mean_completion_tokens", 0.0)
