@@ -132,6 +132,14 @@ def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
     s.add_argument("--stop", nargs="*", default=[], metavar="STRING",
                    help="stop strings: a completion ends once its text contains one")
     s.add_argument("--batch-size", type=int, default=64, help="sequences decoded together (default: 64)")
+    s.add_argument("--env", default=None, metavar="NAME",
+                   help="sample multi-turn episodes in an environment (tools, or module:Class), as env.name")
+    s.add_argument("--env-kwargs", default="{}", metavar="JSON",
+                   help="the environment's settings, as env.kwargs, e.g. "
+                        '\'{"tools": ["calculator"], "format": "tags"}\'')
+    s.add_argument("--max-turns", type=int, default=4, help="with --env: model turns per episode (default: 4)")
+    s.add_argument("--max-total-tokens", type=int, default=512,
+                   help="with --env: tokens after the prompt per episode (default: 512)")
     s.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="generation engine (default: hf)")
     s.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="weights dtype (default: auto, the checkpoint's)")

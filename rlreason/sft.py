@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 
 from .batching import Sequence, collate, completion_logits, micro_batches
+from .export import export_final
 from .hub import check_push
 from .logger import MetricsLogger, plot_rewards
 from .registry import SFT_LOSSES
 from .run_dir import check_run_dir, claim_run
 from .sharding import rank_share
 from .tracking import finish_trackers, tracker_sink
-from .trainer import build_run, evaluate, export_final
+from .trainer import build_run, evaluate
 
 
 def sft_step(run, cfg) -> dict[str, float]:

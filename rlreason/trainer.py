@@ -28,9 +28,9 @@ from .data.stream import ProblemStream
 from .data.templates import PromptEncoder
 from .evaluation.grading import Grader
 from .evaluation.runner import held_out_metrics
-from .hub import check_push, push_final
+from .export import export_final
+from .hub import check_push
 from .logger import MetricsLogger, plot_rewards
-from .model_card import write_model_card
 from .models import TORCH_DTYPES, load_policy, load_reference
 from .optim import make_optimizer, make_scheduler
 from .rewards import RewardFunction, check_timeout_fractions, compute_rewards, rewards_from_config
@@ -361,7 +361,9 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
     model, optimizer = accelerator.prepare(model, optimizer)
     engine = make_engine(cfg.rollout, twin if twin is not None else accelerator.unwrap_model(model),
                          tok, model_path=path, seed=cfg.train.seed,
-                         max_prompt_length=d.max_prompt_length, shares_module=twin is None,
+                         # an episode's later turns see the prompt and the episode so far
+                         max_prompt_length=d.max_prompt_length + (cfg.env.max_total_tokens if cfg.env.name else 0),
+                         shares_module=twin is None,
                          lora_rank=cfg.model.lora.r if cfg.model.lora.enabled else None)
     return Run(cfg=cfg, accelerator=accelerator, model=model, tokenizer=tok, engine=engine,
                optimizer=optimizer, scheduler=scheduler,
@@ -387,18 +389,6 @@ def save(run: Run) -> Path:
         accelerator=run.accelerator, sharded=native_checkpoint(run.accelerator),
         run_id=run.extra.get("run_id", ""),
     )
-
-
-def export_final(run: Run, folder: Path) -> None:
-    """The trained model (or adapter) as a plain transformers/peft folder; gathered from
-    the shards first where training shards (a collective: every rank calls this)."""
-    sd = run.accelerator.get_state_dict(run.model) if native_checkpoint(run.accelerator) else None
-    if run.accelerator.is_main_process:
-        run.policy.save_pretrained(folder, **({"state_dict": sd} if sd is not None else {}))
-        run.tokenizer.save_pretrained(folder)
-        write_model_card(run.cfg, folder, Path(run.cfg.train.output_dir) / "metrics.jsonl")
-        if run.cfg.train.push_to_hub:
-            push_final(run.cfg.train, folder, step=run.step, log=run.logger.message if run.logger else print)
 
 
 def train(cfg: RecipeConfig, log: Callable[[str], None] = print,

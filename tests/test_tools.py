@@ -203,3 +203,36 @@ def test_a_run_in_an_environment_trains_and_logs_episode_metrics(tiny_recipe, us
     assert ev["eval/completion_length"] > 2 * 2  # two turns and an observation per held-out episode
     with pytest.raises(ValueError, match="env.kwargs do not fit environment"):
         build_run(tiny_recipe("env.name='my_env:TwoTurns'", "env.kwargs={colour: red}"), log=lambda *_: None)
+
+
+def test_eval_samples_episodes_with_env(tmp_path, user_module, capsys):
+    """`rlreason eval --env`: held-out problems sampled as episodes, the observation in the
+    graded transcript; bad options are named."""
+    from rlreason.cli import main
+
+    user_module("eval_env", "from rlreason.rollout.environment import StepResult\n"
+                "class Note:\n"
+                "    stop = ()\n"
+                "    def __init__(self, tokenizer, note):\n"
+                "        self.note, self.n = note, 0\n"
+                "    def reset(self, problem):\n"
+                "        self.n = 0\n"
+                "    def step(self, turn):\n"
+                "        self.n += 1\n"
+                "        return StepResult(observation=self.note, done=self.n >= 2)\n")
+    tok = char_tokenizer()
+    tiny_llama(tok, 2, 64, 128, 4, seed=0).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    bench = tmp_path / "b.jsonl"
+    bench.write_text("".join(json.dumps({"question": f"{a}*3=", "answer": str(3 * a)}) + "\n" for a in range(4)))
+    args = ["eval", "--model", str(tmp_path / "m"), "--benchmark", str(bench), "--problem-key", "question",
+            "--n", "2", "--max-new-tokens", "4", "--dtype", "float32", "--quiet", "--env", "eval_env:Note",
+            "--max-turns", "3", "--output", str(tmp_path / "out")]
+    assert main([*args, "--env-kwargs", '{"note": "[NOTE]"}']) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert all("[NOTE]" in c for r in rows for c in r["completions"])  # the observation is in the transcript
+    capsys.readouterr()
+    assert main([*args, "--env-kwargs", "{note"]) == 2
+    assert "--env-kwargs: not JSON" in capsys.readouterr().err
+    assert main([*args[:-6], "--env", "tool", "--output", str(tmp_path / "o2")]) == 2
+    assert "did you mean tools" in capsys.readouterr().err

@@ -251,3 +251,43 @@ def test_two_ranks_share_one_tensor_parallel_engine(tiny_dir, tmp_path):
         for round_ in r["rounds"]:  # before the first push and after it
             assert round_["prompts_back"] == [[p, p] for p in r["prompts"]]
             assert round_["max_logprob_diff"] < 1e-4
+
+
+def test_multi_turn_episodes_on_vllm_keep_the_token_layout_and_the_policys_logprobs(tiny_dir):
+    """rollout/episodes.py on vLLM, turn by turn (prefix caching on): model tokens carry the
+    sampler's log-probs (equal to a teacher-forced transformers pass over the transcript),
+    the observation's tokens are inserted as tokenised alone, with mask 0."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlreason.rollout.environment import StepResult
+    from rlreason.rollout.episodes import run_episodes
+    from rlreason.rollout.vllm import VLLMEngine
+    from rlreason.types import Problem
+
+    class TwoTurns:
+        stop = ()
+
+        def __init__(self):
+            self.n = 0
+
+        def reset(self, problem):
+            pass
+
+        def step(self, turn):
+            self.n += 1
+            return StepResult(observation="<r>ok</r>", done=self.n >= 2)
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    eng = VLLMEngine(str(tiny_dir), tok, max_model_len=64, dtype="float32", seed=0)
+    prompt = tok("12*34=", add_special_tokens=False)["input_ids"]
+    obs = tok("<r>ok</r>", add_special_tokens=False)["input_ids"]
+    sp = SamplingParams(temperature=1.0, max_tokens=5, min_tokens=5)
+    episodes = run_episodes(eng, tok, TwoTurns, [Problem(id="p", prompt="12*34=", answer="408")], [prompt], 3,
+                            sp, max_turns=3, max_total_tokens=40)[0]
+    for c in episodes:
+        assert c.loss_mask == [1] * 5 + [0] * len(obs) + [1] * 5 and c.token_ids[5 : 5 + len(obs)] == obs
+        forced = _logprobs(model, prompt, c.token_ids)
+        got = torch.tensor(c.logprobs)
+        m = torch.tensor(c.loss_mask, dtype=torch.bool)
+        assert (forced[m] - got[m]).abs().max() < 1e-4 and (got[~m] == 0).all()

@@ -118,15 +118,38 @@ def _sample(args: argparse.Namespace, suite: Suite, grader: Grader, problems: li
         engine.load_adapter(loaded.adapter)
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_new_tokens,
                               seed=args.seed, stop=tuple(getattr(args, "stop", None) or ()))
+    generate = None
+    if getattr(args, "env", None):  # episodes, as the trainer samples them with an env section
+        from rlreason.rollout.environment import env_factory
+        from rlreason.rollout.episodes import episode_generator
+
+        env = _env_config(args)
+        generate = episode_generator(engine, loaded.tokenizer, env_factory(env, loaded.tokenizer),
+                                     max_turns=env.max_turns, max_total_tokens=env.max_total_tokens)
     with progress or nullcontext():
         result = evaluate_problems(engine, loaded.tokenizer, problems, encode, n=args.n, sampling=sampling,
                                    grader=grader, group_by=suite.group_by, progress=progress,
-                                   chunk_size=max(1, args.batch_size // args.n))
+                                   chunk_size=max(1, args.batch_size // args.n), generate=generate)
     info = {"model": args.model, "adapter": loaded.adapter, "base_model": loaded.base,
             "skills": list(zip(getattr(args, "skill", []), getattr(args, "skill_scale", []) or [])),
             "tokenizer": loaded.tokenizer_source, "backend": args.backend,
             "template": resolve_template(loaded.tokenizer, p.template)}  # what "auto" became
     return result, info
+
+
+def _env_config(args: argparse.Namespace):
+    """--env and its options as the recipe's `env` section (validated the same way)."""
+    from rlreason.config import EnvConfig
+
+    try:
+        kwargs = json.loads(args.env_kwargs)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--env-kwargs: not JSON ({e.msg}): {args.env_kwargs!r}") from e
+    try:
+        return EnvConfig(name=args.env, kwargs=kwargs, max_turns=args.max_turns,
+                         max_total_tokens=args.max_total_tokens)
+    except ValueError as e:
+        raise ValueError(f"--env / --env-kwargs / --max-turns / --max-total-tokens: {e}") from e
 
 
 def _check_backend(backend: str) -> None:

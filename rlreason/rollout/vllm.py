@@ -166,6 +166,9 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size,
             # log-probs after temperature (what the trainer recomputes), not the raw ones
             logprobs_mode="processed_logprobs",
+            # multi-turn episodes (rollout/episodes.py) resend the episode so far as each
+            # turn's prompt: the cache serves the shared prefix instead of recomputing it
+            enable_prefix_caching=True,
         )
         if enable_lora:
             kwargs["max_lora_rank"] = lora_rank_slot(max_lora_rank)
