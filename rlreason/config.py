@@ -232,8 +232,9 @@ class RolloutConfig(_Section):
     max_completion_length: int = Field(64, gt=0, description="Maximum new tokens per completion.")
     min_completion_length: int = Field(
         0, ge=0, description="Minimum new tokens: neither EOS, stop tokens nor stop strings end a "
-        "completion before this many (vLLM's min_tokens, transformers' min_new_tokens). Logged "
-        "log-probs stay those of the unconstrained policy, as vLLM reports them."
+        "completion before this many (vLLM's min_tokens, transformers' min_new_tokens). Sampler "
+        "log-probs are those of the constrained distribution (vLLM's processed log-probs), so "
+        "algo.importance_sampling corrects for it."
     )
     stop: list[str] = Field(
         default_factory=list, description="Stop strings: a completion ends once its text contains one "

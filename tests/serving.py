@@ -14,12 +14,18 @@ import torch
 from rlreason.rollout.transfer import free_port
 
 
-def logprobs_of(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
-    """log p(tokens | prompt) under `model`, one forward (temperature 1)."""
+def logprobs_of(model, prompt: list[int], tokens: list[int], banned: tuple[int, ...] = (),
+                held: list[bool] | None = None) -> torch.Tensor:
+    """log p(tokens | prompt) under `model`, one forward (temperature 1). At the positions
+    `held` marks (a minimum length in force), the `banned` ids are excluded and the rest
+    renormalised: the distribution a sampler with min_tokens draws from."""
     x = torch.tensor([prompt + tokens])
     with torch.no_grad():
-        logits = model(input_ids=x).logits[0, len(prompt) - 1 : -1]
-    return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+        logits = model(input_ids=x).logits[0, len(prompt) - 1 : -1].float()
+    if banned and held is not None:
+        rows = torch.tensor(held)
+        logits[rows.nonzero()[:, 0][:, None], torch.tensor(banned)[None]] = float("-inf")
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
 
 
 @contextlib.contextmanager

@@ -165,8 +165,11 @@ def test_sampling_params_with_stop_strings_travel_to_vllm_and_the_server():
 
 def test_a_minimum_length_defers_every_stop_and_keeps_the_policys_logprobs():
     """min_tokens: no EOS, stop token or stop string among the first min_tokens tokens;
-    the logged log-probs are those of the unconstrained policy (what vLLM reports, and what
-    the trainer recomputes), checked against a teacher-forced forward."""
+    the logged log-probs are those of the distribution sampled from (stops excluded while
+    the minimum holds, as vLLM's processed log-probs), checked against a teacher-forced
+    forward."""
+    from serving import logprobs_of
+
     model, tok = _model("llama")
     prompts = [tok("12+34=", add_special_tokens=False)["input_ids"]]
     digits = tuple(tok.convert_tokens_to_ids(list("0123456789")))
@@ -180,11 +183,11 @@ def test_a_minimum_length_defers_every_stop_and_keeps_the_policys_logprobs():
     for c in held:
         assert not stops & set(c.token_ids[:m]) and len(c.token_ids) > m
         assert c.finish_reason == "length" or c.token_ids[-1] in stops or "+" in tok.decode(c.token_ids)
-        ids = torch.tensor([prompts[0] + c.token_ids])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0, len(prompts[0]) - 1 : -1].float(), -1)
-        want = logp.gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
+        want = logprobs_of(model, prompts[0], c.token_ids, banned=tuple(stops),
+                           held=[t < m for t in range(len(c.token_ids))])
         assert c.logprobs == pytest.approx(want.tolist(), abs=1e-4)
+        free_lp = logprobs_of(model, prompts[0], c.token_ids)
+        assert (free_lp[:m] < want[:m]).all()  # excluding stops raised every held token's probability
     greedy = eng.generate(prompts, 1, SamplingParams(temperature=0, max_tokens=12, stop_token_ids=digits,
                                                      min_tokens=m))[0][0]
     assert not stops & set(greedy.token_ids[:m])

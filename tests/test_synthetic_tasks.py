@@ -86,7 +86,9 @@ def test_splits_disjoint(task):
      "data.synthetic.carries"),
     (dict(task="addition", difficulty=1, carries="top_only"), "data.synthetic.carries"),
     (dict(task="addition3", difficulty=8), "data.synthetic.difficulty"),
-    (dict(task="multiplication"), "data.synthetic.task"),
+    (dict(task="division"), "data.synthetic.task"),
+    (dict(task="multiplication", carries="some"), "data.synthetic.carries"),
+    (dict(task="multiplication", difficulty=5), "data.synthetic.difficulty"),
 ])
 def test_meaningless_combinations_refused(kwargs, field):
     kw = {"difficulty": 2, **kwargs}
@@ -99,5 +101,14 @@ def test_config_accepts_the_tasks():
     for task in TASKS:
         assert SyntheticConfig(task=task).task == task
     with pytest.raises(ValueError):
-        SyntheticConfig(task="multiplication")
+        SyntheticConfig(task="division")
     assert synthetic_problems("subtraction", 8, 8, seed=0)[0].answer.isdigit()  # 8 chars: ok
+
+
+def test_multiplication_shows_the_calculator_call_or_the_bare_answer():
+    for p in synthetic_problems("multiplication", 20, 3, seed=0, tool_calls=True):
+        a, b = p.metadata["a"], p.metadata["b"]
+        assert 100 <= a <= 999 and 10 <= b <= 99 and p.prompt == f"{a}*{b}=" and p.answer == str(a * b)
+        assert p.solution == f"<calculator>{a}*{b}</calculator><result>{a * b}</result>#### {a * b}"
+    bare = synthetic_problems("multiplication", 20, 3, seed=0)
+    assert all(p.solution == f"#### {p.answer}" for p in bare)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from serving import logprobs_of
 
 from rlreason.batching import Sequence, collate, completion_logprobs
 from rlreason.rollout.environment import StepResult
@@ -63,25 +64,24 @@ def test_a_two_turn_episode_trains_only_the_model_tokens_with_their_exact_logpro
         assert c.info["turns"] == 2 and c.info["tool_calls"] == 2 and c.info["env_reward"] == 0.5
         # the environment ended it (not a limit), though its last turn used all 5 tokens
         assert c.info["truncated"] == 0 and c.finish_reason == "length"
-        # teacher-forced over the whole transcript: the model tokens' log-probs are the sampler's
-        ids = torch.tensor([prompt + c.token_ids])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0, len(prompt) - 1 : -1].float(), -1)
-        forced = logp.gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
+        # teacher-forced over the whole transcript: the model tokens' log-probs are the
+        # sampler's (EOS excluded: every model token here is under the 5-token minimum)
+        forced = logprobs_of(model, prompt, c.token_ids, banned=(tok.eos_token_id,), held=c.loss_mask)
         model_pos = [i for i, m in enumerate(c.loss_mask) if m]
         assert [c.logprobs[i] for i in model_pos] == pytest.approx(forced[model_pos].tolist(), abs=1e-4)
         assert all(c.logprobs[i] == 0.0 for i, m in enumerate(c.loss_mask) if not m)
     # the trainer's view: the loss mask is the completion mask, in both batch layouts
     seqs = [Sequence(prompt=prompt, completion=c.token_ids, advantage=1.0, truncated=False,
                      loss_mask=c.loss_mask) for c in episodes]
-    for pack in (False, True):
+    for pack in (False, True):  # the policy's log-probs, as the trainer computes them
         batch = collate(seqs, tok.pad_token_id, "cpu", pack=pack)
         assert batch["completion_mask"].tolist() == [[float(m) for m in c.loss_mask] for c in episodes]
         with torch.no_grad():
             logp, _ = completion_logprobs(model, batch, 1.0)
         for i, c in enumerate(episodes):
+            policy = logprobs_of(model, prompt, c.token_ids)
             got = [float(logp[i, t]) for t, m in enumerate(c.loss_mask) if m]
-            assert got == pytest.approx([c.logprobs[t] for t, m in enumerate(c.loss_mask) if m], abs=1e-4)
+            assert got == pytest.approx([float(policy[t]) for t, m in enumerate(c.loss_mask) if m], abs=1e-4)
     assert seqs[0].num_trained_tokens == 10
     assert episode_metrics(episodes)["env/tool_calls"] == 2
 

@@ -287,7 +287,7 @@ def test_multi_turn_episodes_on_vllm_keep_the_token_layout_and_the_policys_logpr
                             sp, max_turns=3, max_total_tokens=40)[0]
     for c in episodes:
         assert c.loss_mask == [1] * 5 + [0] * len(obs) + [1] * 5 and c.token_ids[5 : 5 + len(obs)] == obs
-        forced = _logprobs(model, prompt, c.token_ids)
+        forced = _logprobs(model, prompt, c.token_ids, banned=(tok.eos_token_id,), held=c.loss_mask)  # min_tokens
         got = torch.tensor(c.logprobs)
         m = torch.tensor(c.loss_mask, dtype=torch.bool)
         assert (forced[m] - got[m]).abs().max() < 1e-4 and (got[~m] == 0).all()

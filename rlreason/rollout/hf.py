@@ -28,18 +28,18 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
                   banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row. logits [B,V] -> (tokens [B], logprobs [B]).
 
-    The log-probability is under the tempered distribution before top-p filtering and
-    before `banned` token ids (stops under a minimum length) are excluded, which is what
-    the trainer recomputes (TRL and vLLM report the same quantity).
+    The log-probability is under the tempered distribution, after `banned` token ids
+    (stops under a minimum length) are excluded and before top-p filtering: what vLLM
+    reports as processed log-probs (logits processors such as min_tokens applied, top-p
+    not), so the importance weights see the minimum length as the sampler/trainer
+    difference it is.
     """
+    if banned is not None:
+        logits = logits.index_fill(-1, banned, float("-inf"))
     if temperature == 0:
-        if banned is not None:
-            logits = logits.index_fill(-1, banned, float("-inf"))
         return logits.argmax(-1), torch.zeros(logits.size(0), device=logits.device)
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     probs = logp.exp()
-    if banned is not None:
-        probs = probs.index_fill(-1, banned, 0.0)
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set with mass >= top_p
