@@ -241,6 +241,10 @@ class RolloutConfig(_Section):
         "(the string stays in the completion); also in evaluation."
     )
     batch_size: int = Field(256, gt=0, description="Sequences decoded together by the hf backend.")
+    async_steps: int = Field(
+        0, ge=0, description="Asynchronous rollouts: generate the batches of the next N steps while this "
+        "one trains (samples at most N optimizer steps old, importance-corrected); 0: synchronous. Needs a "
+        "backend that generates apart from the trainer (server).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="hf backend: sample from a copy of the weights in this dtype, refreshed every "
         "step (auto: from the trainer's own module). Mismatch is corrected by algo.importance_sampling."
@@ -560,6 +564,8 @@ class RecipeConfig(_Section):
                 and not d.source.startswith("reasoning_gym:"):
             raise ValueError("data.answer_key is null, so the held-out problems have no labels to grade: set "
                              "eval.num_problems=0 (or keep labels and train with a label-free reward)")
+        if self.rollout.async_steps:
+            _check_async(self)
         if self.guidance.enabled and self.guidance.batch == "twins" and self.train.prompts_per_step < 2:
             raise ValueError("guidance.batch=twins needs train.prompts_per_step >= 2 (a guided prompt and "
                              f"its unguided twin), got {self.train.prompts_per_step}")
@@ -577,6 +583,21 @@ class RecipeConfig(_Section):
         if self.rollout.backend == "vllm" and world_size > 1 and world_size % tp:  # engines per block
             raise ValueError(f"rollout.vllm_tensor_parallel_size={tp} must divide the number of "
                              f"training processes ({world_size})")
+        if self.rollout.async_steps and world_size > 1:
+            raise ValueError(f"rollout.async_steps={self.rollout.async_steps} runs with one training process "
+                             f"for now, got {world_size}; set rollout.async_steps=0 under accelerate launch")
+
+
+def _check_async(cfg: RecipeConfig) -> None:
+    """What asynchronous rollouts overlap with, and what they do not support yet."""
+    r = cfg.rollout
+    if r.backend in ("hf", "vllm"):
+        raise ValueError(f"rollout.async_steps={r.async_steps} overlaps generation with training, which needs "
+                         f"generation outside the trainer's process: rollout.backend=server (`rlreason serve` on "
+                         f"other GPUs, nodes or cores); {r.backend} generates in this process")
+    if cfg.guidance.enabled or cfg.algo.dynamic_sampling:
+        raise ValueError("rollout.async_steps does not support guidance.enabled or algo.dynamic_sampling yet "
+                         "(both choose the next prompts from this step's rewards); set rollout.async_steps=0")
 
 
 # ---------------------------------------------------------------- loading

@@ -6,6 +6,7 @@ else: model loading, data, checkpoints, evaluation, metrics.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,12 +35,13 @@ from .logger import MetricsLogger, plot_rewards
 from .models import TORCH_DTYPES, load_policy, load_reference
 from .optim import make_optimizer, make_scheduler
 from .rewards import RewardFunction, check_timeout_fractions, compute_rewards, rewards_from_config
+from .rollout.async_rollouts import AsyncRollouts, staleness_metrics
 from .rollout.dynamic_sampling import Groups, dynamic_batch
 from .rollout.engine import make_engine, push_weights
 from .rollout.environment import EnvFactory, env_factory
-from .rollout.episodes import episode_generator, episode_metrics, with_env_rewards
+from .rollout.episodes import episode_generator, with_env_rewards
 from .rollout.guidance import build_guide, encode_guided, gather_all, scored_text
-from .rollout.stats import rollout_stats
+from .rollout.stats import step_metrics
 from .run_dir import check_run_dir, claim_run
 from .sharding import (
     accumulation_boundary,
@@ -80,12 +82,20 @@ class Run:
     weights_stale: bool = True  # the engine has not seen the policy's current weights
     guide: Any = None  # rollout.guidance.Guide when guidance is enabled
     make_env: EnvFactory | None = None  # env section: rollouts are multi-turn episodes
+    rollouts: AsyncRollouts | None = None  # rollout.async_steps: batches generated ahead
     problems_by_id: dict[str, Problem] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def policy(self):
         return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def generate(self):
+        """(problems, prompts, n, sampling) -> completions: the engine's, or episodes in the env."""
+        e = self.cfg.env
+        return episode_generator(self.engine, self.tokenizer, self.make_env, max_turns=e.max_turns,
+                                 max_total_tokens=e.max_total_tokens)
 
 
 def _collate(run: Run, mb: list[Sequence]) -> dict[str, Any]:
@@ -168,10 +178,8 @@ def optimize(run: Run, seqs: list[Sequence]) -> dict[str, float]:
 def rollout(run: Run, problems: list[Problem], n: int, sampling: SamplingParams):
     """Prompt tokens -> completions (grouped per prompt) and their decoded texts."""
     prompts = [encode_guided(p, run.encode, run.tokenizer) for p in problems]
-    groups: list[list[Completion]] = generator(run)(problems, prompts, n, sampling)
-    flat = [c for g in groups for c in g]
-    texts = run.tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
-    for c, t in zip(flat, texts):
+    flat = [c for g in run.generate(problems, prompts, n, sampling) for c in g]
+    for c, t in zip(flat, run.tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)):
         c.text = t
     return flat
 
@@ -200,37 +208,17 @@ def sync_weights(run: Run) -> None:
     """Push the policy's current weights to the engine (rollout/engine.py) unless it shares
     the module or has them already."""
     if not run.engine.shares_module and run.weights_stale:
-        push_weights(run.engine, run.model, run.accelerator, lora=run.cfg.model.lora.enabled)
+        push_weights(run.engine, run.model, run.accelerator, lora=run.cfg.model.lora.enabled,
+                     version=run.step if run.cfg.rollout.async_steps else None)  # the staleness clock
     run.weights_stale = False
 
 
-def _step_metrics(run: Run, seen: Groups, seen_rewards: torch.Tensor, dt: float, t_gen: float) -> dict[str, Any]:
-    """Reward statistics over every group sampled this step (`seen_rewards`: all
-    processes'), lengths, throughput, timed-out reward calls, guidance counters."""
-    G = run.cfg.algo.num_generations
-    out: dict[str, Any] = {
-        **rollout_stats(seen_rewards, G, seen.completions),
-        "step_time_s": dt,
-        "generation_time_s": t_gen,
-        "lr": run.scheduler.get_last_lr()[0],
-        "world_size": run.accelerator.num_processes,
-        "strategy": strategy(run.accelerator),
-    }
-    out["tokens_per_s"] = out.pop("completion_tokens") / dt
-    out.update(episode_metrics(seen.completions))
-    if len(seen.raw) > 1:
-        out.update({f"rewards/{k}": sum(v) / len(v) for k, v in seen.raw.items()})
-    out["rewards/timeouts"] = int(seen.timeouts)
-    if run.guide is not None:
-        out.update(run.guide.step_metrics(seen.problems, seen.rewards, G, run.accelerator.num_processes))
-    return out
-
-
-def _score(run: Run, problems: list[Problem], n: int, sampling: SamplingParams) -> Groups:
-    """This process's `problems`, `n` completions each, scored; and the timed-out reward
-    calls over every process (a collective: every rank stops, or none)."""
+def _score(run: Run, problems: list[Problem], n: int, sampling: SamplingParams,
+           completions: list[Completion] | None = None) -> Groups:
+    """This process's `problems`, `n` completions each (sampled now unless given), scored;
+    and the timed-out reward calls over every process (a collective: every rank stops, or none)."""
     acc = run.accelerator
-    completions = rollout(run, problems, n, sampling)
+    completions = completions if completions is not None else rollout(run, problems, n, sampling)
     repeated = [p for p in problems for _ in range(n)]
     scored = compute_rewards([scored_text(p, c.text) for p, c in zip(repeated, completions)],  # hint counted
                              repeated, run.rewards, group_size=n, lengths=[len(c.token_ids) for c in completions])
@@ -250,6 +238,20 @@ def _sample(run: Run, sampling: SamplingParams) -> Groups:
     return _score(run, rank_share(draw, run.accelerator), run.cfg.algo.num_generations, sampling)
 
 
+def _async_batch(run: Run, sampling: SamplingParams) -> tuple[Groups, dict[str, float]]:
+    """rollout.async_steps: this step's batch, generated while earlier steps trained
+    (rollout/async_rollouts.py), scored here; and the async/ metrics."""
+    G, P = run.cfg.algo.num_generations, run.cfg.train.prompts_per_step
+    if run.rollouts is None:  # at the first step, or the first after a resume (from its cursor)
+        run.rollouts = AsyncRollouts(
+            run.cfg.rollout.async_steps, draw=lambda: run.train_data.take(P), resume_state=run.train_data.state_dict,
+            generate=lambda probs, seed: rollout(run, probs, G, dataclasses.replace(sampling, seed=seed)),
+            seed=run.cfg.train.seed, first_step=run.step)
+    run.rollouts.fill()
+    problems, completions, timing = run.rollouts.next()
+    return _score(run, problems, G, sampling, completions), {**timing, **staleness_metrics(completions, run.step)}
+
+
 def rl_step(run: Run) -> dict[str, float]:
     """One GRPO step. Returns the step's metrics."""
     cfg, acc = run.cfg, run.accelerator
@@ -257,8 +259,8 @@ def rl_step(run: Run) -> dict[str, float]:
     t0 = time.perf_counter()
     sampling = cfg.rollout.sampling()
     sync_weights(run)                                                     # weight sync
-    batch = _sample(run, sampling)                                        # data, rollout, rewards
-    seen, extra = batch, {}
+    batch, extra = _async_batch(run, sampling) if cfg.rollout.async_steps else (_sample(run, sampling), {})
+    seen = batch                                                          # data, rollout, rewards
     if cfg.algo.dynamic_sampling:                                         # DAPO: informative groups
         batch, seen, extra = dynamic_batch(batch, lambda: _sample(run, sampling), cfg, acc)
     run.engine.sleep()  # vLLM sleep mode: hand its memory to the trainer until next rollout
@@ -280,7 +282,8 @@ def rl_step(run: Run) -> dict[str, float]:
     run.weights_stale = True      # the engine syncs right before it samples next (sync_weights)
 
     seen_rewards = rewards_t if seen is batch else gather_cpu(torch.tensor(seen.rewards), acc)
-    metrics.update(_step_metrics(run, seen, seen_rewards, time.perf_counter() - t0, t_gen), **extra)
+    metrics.update(step_metrics(seen, seen_rewards, cfg.algo.num_generations, time.perf_counter() - t0, t_gen,
+                                lr=run.scheduler.get_last_lr()[0], accelerator=acc, guide=run.guide), **extra)
     metrics.setdefault("kl", None)  # type: ignore[arg-type]
     return metrics
 
@@ -306,9 +309,6 @@ def _attach_fixed_logprobs(run: Run, seqs: list[Sequence]) -> None:
             s.ref_logp = None if ref is None else ref[i, :n].detach()
 
 
-# ---------------------------------------------------------------- evaluation
-
-
 def evaluate(run: Run) -> dict[str, float]:
     """Held-out metrics (evaluation/runner.py, the `rlreason eval` path) on eval.num_problems."""
     problems = run.eval_problems[: run.cfg.eval.num_problems]
@@ -316,7 +316,7 @@ def evaluate(run: Run) -> dict[str, float]:
         return {}
     sync_weights(run)
     return held_out_metrics(run.cfg, run.engine, run.tokenizer, problems, run.encode, run.extra["grader"],
-                            generate=generator(run))
+                            generate=run.generate)
 
 
 # ---------------------------------------------------------------- setup and loop
@@ -372,18 +372,13 @@ def build_run(cfg: RecipeConfig, log: Callable[[str], None] = print) -> Run:
                make_env=env_factory(cfg.env, tok))
 
 
-def generator(run: Run):
-    """generate(problems, prompts, n, sampling): the engine's completions, or episodes in
-    the recipe's environment (rollout/episodes.py)."""
-    return episode_generator(run.engine, run.tokenizer, run.make_env, max_turns=run.cfg.env.max_turns,
-                             max_total_tokens=run.cfg.env.max_total_tokens)
-
-
 def save(run: Run) -> Path:
     return save_checkpoint(
         run.cfg.train.output_dir, run.step, model=run.policy, tokenizer=run.tokenizer,
         optimizer=run.optimizer, scheduler=run.scheduler,
-        state={"data": run.train_data.state_dict(), "model_path": run.model_path,
+        # asynchronous rollouts: the cursor before the oldest batch not yet trained (regenerated on resume)
+        state={"data": run.rollouts.resume_state() if run.rollouts else run.train_data.state_dict(),
+               "model_path": run.model_path,
                **({"guide": run.guide.state_dict()} if run.guide else {})},
         extra_rng={"sampler": run.engine.rng_state()}, keep=run.cfg.train.save_total_limit,
         accelerator=run.accelerator, sharded=native_checkpoint(run.accelerator),
@@ -436,8 +431,12 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
         if t.save_steps and run.step % t.save_steps == 0 and run.step < t.max_steps:
             save(run)
         if stop_after is not None and run.step >= stop_after:
-            finish_trackers(run.accelerator)
-            return last
+            break
+    if run.rollouts is not None:
+        run.rollouts.close()  # batches asked for and not trained are dropped: a resume redraws them
+    if stop_after is not None and run.step >= stop_after:
+        finish_trackers(run.accelerator)
+        return last
     save(run)
     final = out / "final"
     export_final(run, final)

@@ -66,6 +66,8 @@ class Completion:
       token and 0 where an environment inserted it (tool output); None: every token is the
       model's. Only model tokens carry loss; an inserted token's logprob is 0.
     info: an episode's counters (turns, tool_calls, tool_errors, truncated, env_reward).
+    policy_version: the trainer step whose weights sampled it, where the engine knows
+      (a rollout server told the version with each push); None otherwise.
     """
 
     prompt_token_ids: list[int]
@@ -75,6 +77,7 @@ class Completion:
     text: str = ""
     loss_mask: list[int] | None = None
     info: dict[str, Any] | None = None
+    policy_version: int | None = None
 
 
 @dataclass

@@ -75,14 +75,16 @@ def make_engine(cfg, model, tokenizer, *, model_path: str, seed: int, max_prompt
                                       lora_rank, shares_module))
 
 
-def push_weights(engine: RolloutEngine, model, accelerator, *, lora: bool) -> None:
+def push_weights(engine: RolloutEngine, model, accelerator, *, lora: bool, version: int | None = None) -> None:
     """Make `engine` sample from `model`'s current weights: the LoRA adapter alone (in
     memory, no merge) or every weight as tensors; gathered from the shards, in bounded
-    chunks, where training shards parameters. No process samples before every push is done."""
+    chunks, where training shards parameters. No process samples before every push is done.
+    `version` (the trainer step; asynchronous rollouts) goes to engines that record it."""
     named = gathered_parameters(model, accelerator, trainable_only=lora)
+    kw = {} if version is None else {"version": version}
     if lora:
-        engine.load_adapter(lora_adapter(accelerator.unwrap_model(model), dict(named)))
+        engine.load_adapter(lora_adapter(accelerator.unwrap_model(model), dict(named)), **kw)
     else:
-        engine.update_weights(named)
+        engine.update_weights(named, **kw)
     if accelerator.num_processes > 1:
         accelerator.wait_for_everyone()

@@ -37,6 +37,7 @@ class _Episode:
     mask: list[int] = field(default_factory=list)
     info: dict[str, float] = field(default_factory=lambda: dict.fromkeys(INFO_KEYS, 0.0))
     finish: str | None = None  # set when the episode ends
+    version: int | None = None  # the oldest policy version among its turns (asynchronous rollouts)
 
     def add(self, ids: list[int], logprobs: list[float] | None, model: bool) -> None:
         self.tokens += ids
@@ -49,7 +50,8 @@ class _Episode:
 
     def completion(self) -> Completion:
         return Completion(prompt_token_ids=self.prompt, token_ids=self.tokens, logprobs=self.logprobs,
-                          finish_reason=self.finish or "length", loss_mask=self.mask, info=dict(self.info))
+                          finish_reason=self.finish or "length", loss_mask=self.mask, info=dict(self.info),
+                          policy_version=self.version)
 
 
 def _stop_ids(engine: Any, tokenizer: Any, sampling: SamplingParams) -> set[int]:
@@ -93,6 +95,8 @@ def _advance(e: _Episode, c: Completion, tokenizer: Any, final: set[int], max_tu
     """Append one model turn, let the environment answer, end the episode or insert the observation."""
     e.add(list(c.token_ids), list(c.logprobs), model=True)
     e.info["turns"] += 1
+    if c.policy_version is not None:
+        e.version = c.policy_version if e.version is None else min(e.version, c.policy_version)
     result = e.env.step(tokenizer.decode(c.token_ids, skip_special_tokens=True))
     for k, v in result.info.items():
         e.info[k] = e.info.get(k, 0.0) + float(v)

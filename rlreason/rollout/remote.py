@@ -173,18 +173,24 @@ class RemoteEngine:
         if shares is not None:
             flat = [p for share in shares for p in share]
             try:
-                reply = self._call("/generate", {"prompt_token_ids": flat, "n": n,
-                                                 "sampling": sampling_to_json(sampling)})["completions"]
+                answer = self._call("/generate", {"prompt_token_ids": flat, "n": n,
+                                                  "sampling": sampling_to_json(sampling)})
+                version, reply = answer.get("policy_version"), answer["completions"]
                 groups, at = [], 0
                 for share in shares:
                     groups.append(reply[at : at + len(share)])
                     at += len(share)
             except ServerError as e:  # every rank stops with the reason, none waits forever
                 groups = [str(e)] * len(shares)
-        mine = _scatter_from_rank0(groups)
+        mine = _scatter_from_rank0(groups if shares is None or isinstance(groups[0], str)
+                                   else [(g, version) for g in groups])
         if isinstance(mine, str):
             raise ServerError(mine)
-        return [[completion_from_json(p, c) for c in g] for p, g in zip(prompts, mine)]
+        mine, version = mine
+        out = [[completion_from_json(p, c) for c in g] for p, g in zip(prompts, mine)]
+        for c in (c for g in out for c in g):
+            c.policy_version = version
+        return out
 
     def _device(self) -> torch.device:
         if self.info["transfer_backend"] == "nccl":
@@ -200,20 +206,23 @@ class RemoteEngine:
         self._join(t, box)
 
     def _push(self, path: str, named: list[tuple[str, torch.Tensor]], **extra) -> None:
+        extra = {k: v for k, v in extra.items() if v is not None}
         t, box = self._call_async(path, {"meta": transfer.tensor_meta(named), **extra})
         transfer.send_tensors(self.group, (x for _, x in named), self._device())
         self._join(t, box)
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
+        """`version`: the trainer step of these weights, returned with every completion the
+        server samples from them (asynchronous rollouts measure staleness with it)."""
         if not _is_rank0():
             for _ in named_tensors:  # take part in a collective gather, send nothing
                 pass
             return
         self._ensure_group()
         for chunk, last in _with_last(chunked(named_tensors, self.chunk_bytes)):
-            self._push("/update_weights", chunk, final=last)
+            self._push("/update_weights", chunk, final=last, version=version if last else None)
 
-    def load_adapter(self, adapter: Any) -> None:
+    def load_adapter(self, adapter: Any, version: int | None = None) -> None:
         if not _is_rank0():
             return
         if isinstance(adapter, str):
@@ -225,7 +234,7 @@ class RemoteEngine:
                 config = (Path(d) / "adapter_config.json").read_text()
             tensors = adapter.tensors
         self._ensure_group()
-        self._push("/load_adapter", sorted(tensors.items()), config=config)
+        self._push("/load_adapter", sorted(tensors.items()), config=config, version=version)
 
     def sleep(self) -> None:  # the server's GPUs are its own: nothing to hand back
         pass

@@ -95,6 +95,7 @@ class RolloutService:
         self.adapter_dir = tempfile.mkdtemp(prefix="rlreason-served-lora-", dir=shm)
         self.pushes = 0
         self.requests = 0  # generate calls served
+        self.version: int | None = None  # the trainer step of the weights applied last, if told
 
     def health(self, req: dict, peer: str) -> dict:
         return {"ok": True, "model": self.model, "backend": self.backend,
@@ -108,7 +109,8 @@ class RolloutService:
             raise ValueError(f"n: {n!r}; expected an int >= 1 (completions per prompt)")
         groups = self.engine.generate(prompts, n, sampling_from_json(req.get("sampling", {})))
         self.requests += 1
-        return {"completions": [[completion_to_json(c) for c in g] for g in groups]}
+        # under the lock: no push lands during the request, so one version holds for all of it
+        return {"completions": [[completion_to_json(c) for c in g] for g in groups], "policy_version": self.version}
 
     def check_transfer_host(self, host: str, peer: str) -> None:
         """Dial back only the caller, or a host the operator allowed: never whatever a
@@ -141,6 +143,7 @@ class RolloutService:
             weights, self.pending = self.pending, []
             self.engine.update_weights(weights)
             self.pushes += 1
+            self.version = req.get("version")
         return {"ok": True, "received": len(req["meta"])}
 
     def load_adapter(self, req: dict, peer: str) -> dict:
@@ -150,6 +153,7 @@ class RolloutService:
         save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"))
         self.engine.load_adapter(str(folder))
         self.pushes += 1
+        self.version = req.get("version")
         return {"ok": True, "received": len(tensors)}
 
     def close_transfer(self, req: dict, peer: str) -> dict:

@@ -5,7 +5,9 @@ from typing import Any
 
 import torch
 
+from ..sharding import strategy
 from ..types import Completion
+from .episodes import episode_metrics
 
 
 def rollout_stats(rewards: torch.Tensor, group: int, completions: list[Completion]) -> dict[str, Any]:
@@ -21,3 +23,26 @@ def rollout_stats(rewards: torch.Tensor, group: int, completions: list[Completio
         "completion_tokens": n_tok,
         "frac_truncated": sum(c.finish_reason == "length" for c in completions) / len(completions),
     }
+
+
+def step_metrics(seen: Any, seen_rewards: torch.Tensor, group: int, dt: float, t_gen: float, *, lr: float,
+                 accelerator: Any, guide: Any = None) -> dict[str, Any]:
+    """A step's logged metrics: reward statistics over every group sampled this step
+    (`seen`: rollout.dynamic_sampling.Groups; `seen_rewards`: all processes'), lengths,
+    throughput, episode counters, timed-out reward calls, guidance counters."""
+    out: dict[str, Any] = {
+        **rollout_stats(seen_rewards, group, seen.completions),
+        "step_time_s": dt,
+        "generation_time_s": t_gen,
+        "lr": lr,
+        "world_size": accelerator.num_processes,
+        "strategy": strategy(accelerator),
+    }
+    out["tokens_per_s"] = out.pop("completion_tokens") / dt
+    out.update(episode_metrics(seen.completions))
+    if len(seen.raw) > 1:
+        out.update({f"rewards/{k}": sum(v) / len(v) for k, v in seen.raw.items()})
+    out["rewards/timeouts"] = int(seen.timeouts)
+    if guide is not None:
+        out.update(guide.step_metrics(seen.problems, seen.rewards, group, accelerator.num_processes))
+    return out
