@@ -16,15 +16,18 @@ oldest batch not yet trained, so batches generated but not trained are regenerat
 restart, never dropped or trained twice.
 
 Why a thread and not a process: the work off the trainer's thread is a blocking HTTP call;
-a process would add pickling of prompts and completions and nothing else.
+a process would add pickling of prompts and completions and nothing else. A daemon thread
+of our own rather than a ThreadPoolExecutor: the executor's threads are joined at
+interpreter exit, so a run that stops on an error would wait for a request in flight.
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +57,9 @@ class AsyncRollouts:
         self.seed = seed
         self.next_step = first_step  # the step of the next batch to ask for
         self.pending: deque[_Pending] = deque()
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlreason-rollouts")
+        self.jobs: queue.Queue = queue.Queue()
+        self.worker = threading.Thread(target=self._serve, name="rlreason-rollouts", daemon=True)
+        self.worker.start()
         self.idle_since: float | None = time.perf_counter()  # generator idle (nothing queued)
         self.gen_wait = 0.0
         self.queued = 0  # batches asked for and not started (the pool runs one at a time)
@@ -64,6 +69,17 @@ class AsyncRollouts:
         """The sampling seed of the batch for `step`: fixed by the step, so a batch
         regenerated after a resume is drawn the same way whatever was in flight."""
         return self.seed * 1_000_003 + step
+
+    def _serve(self) -> None:
+        """The background thread: one batch at a time, in the order asked."""
+        while (job := self.jobs.get()) is not None:
+            future, problems, seed = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._run(problems, seed))
+            except BaseException as e:  # re-raised on the trainer's thread by next()
+                future.set_exception(e)
 
     def _run(self, problems: list[Problem], seed: int) -> list[list[Completion]]:
         with self.lock:
@@ -87,8 +103,9 @@ class AsyncRollouts:
             self.next_step += 1
             with self.lock:
                 self.queued += 1
-            self.pending.append(_Pending(problems, self.pool.submit(self._run, problems, self.batch_seed(step)),
-                                         resume, step))
+            future: Future = Future()
+            self.jobs.put((future, problems, self.batch_seed(step)))
+            self.pending.append(_Pending(problems, future, resume, step))
 
     def next(self) -> tuple[list[Problem], list[list[Completion]], dict[str, float]]:
         """The oldest batch, waiting for it if needed, and the async/ timing metrics."""
@@ -104,10 +121,13 @@ class AsyncRollouts:
         return self.pending[0].resume if self.pending else self.state()
 
     def close(self) -> None:
+        """Drop the batches not yet trained (a resume redraws them) and stop the thread once
+        the request in flight, if any, returns."""
         for item in self.pending:
             item.future.cancel()
-        self.pool.shutdown(wait=True, cancel_futures=True)
         self.pending.clear()
+        self.jobs.put(None)
+        self.worker.join()
 
 
 def staleness_metrics(completions: list[Completion], step: int) -> dict[str, float]:
