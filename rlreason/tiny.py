@@ -10,6 +10,7 @@ exactly as a user's model would be.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .config import ModelConfig, ReasoningGymConfig, SyntheticConfig
 from .data.reasoning_gym import reasoning_gym_problems, task_of
-from .data.synthetic import synthetic_problems
+from .data.synthetic import TOOL_CALL_END, synthetic_problems
 from .rollout.hf import HFEngine
 from .types import SamplingParams
 
@@ -94,13 +95,14 @@ def tiny_model_path(cfg: ModelConfig, synth: SyntheticConfig, rg: RGTask | None 
     return cache_root() / f"tiny-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
-def accuracy_probe(model, tokenizer, problems, seed: int):
+def accuracy_probe(model, tokenizer, problems, seed: int, stop: tuple[str, ...] = ()):
     """A function returning the model's sampled (temperature 1) exact-match accuracy on
     `problems` as it is now; the same sampling seed at every call, so two calls differ
-    only by what the model learned in between."""
+    only by what the model learned in between. `stop`: strings that end a sample (kept in
+    it), for probes of a demonstration's first turn."""
     engine = HFEngine(model, tokenizer, seed=seed)
     prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
-    sampling = SamplingParams(temperature=1.0, max_tokens=max(len(p.answer) for p in problems) + 1)
+    sampling = SamplingParams(temperature=1.0, max_tokens=max(len(p.answer) for p in problems) + 1, stop=stop)
 
     def probe() -> float:
         engine.generator.manual_seed(seed)
@@ -121,9 +123,19 @@ def warmstart_problems(cfg: ModelConfig, synth: SyntheticConfig, rg: RGTask | No
         return reasoning_gym_problems(task_of(rg[0]), n, seed=seed + (7 if probe else 0),
                                       config=rg[1].config, split="warmstart")
     ws = warmstart_synthetic(cfg, synth)
-    return synthetic_problems(ws.task, n, ws.difficulty, seed=seed, min_difficulty=ws.min_difficulty,
-                              split="warmstart-probe" if probe else "warmstart", carries=ws.carries,
-                              allow_fewer=True, operator=ws.operator, tool_calls=ws.tool_calls)
+    problems = synthetic_problems(ws.task, n, ws.difficulty, seed=seed, min_difficulty=ws.min_difficulty,
+                                  split="warmstart-probe" if probe else "warmstart", carries=ws.carries,
+                                  allow_fewer=True, operator=ws.operator, tool_calls=ws.tool_calls)
+    if probe and ws.task == "multiplication":  # the probe asks for what the demonstration shows first
+        problems = [dataclasses.replace(p, answer=probe_target(p.solution)) for p in problems]
+    return problems
+
+
+def probe_target(solution: str) -> str:
+    """What a warm-start probe compares a sample with: a demonstration's first turn when it
+    calls the calculator (the call, up to its closing tag), else the whole demonstration."""
+    end = solution.find(TOOL_CALL_END)
+    return solution if end < 0 else solution[: end + len(TOOL_CALL_END)]
 
 
 def build_tiny_model(cfg: ModelConfig, synth: SyntheticConfig, path: Path, log=print,
@@ -140,7 +152,8 @@ def build_tiny_model(cfg: ModelConfig, synth: SyntheticConfig, path: Path, log=p
         probe = None
         if target is not None:
             probe = accuracy_probe(model, tok, warmstart_problems(cfg, synth, rg, 256, probe=True),
-                                   seed=t.seed)
+                                   seed=t.seed, stop=(TOOL_CALL_END,) if rg is None and
+                                   warmstart_synthetic(cfg, synth).tool_calls else ())
         log("warm-starting the tiny model: "
             + (f"until sampled accuracy {target:.2f} (at most {t.warmstart_steps} steps)"
                if target is not None else f"{t.warmstart_steps} supervised steps")

@@ -236,3 +236,17 @@ def test_eval_samples_episodes_with_env(tmp_path, user_module, capsys):
     assert "--env-kwargs: not JSON" in capsys.readouterr().err
     assert main([*args[:-6], "--env", "tool", "--output", str(tmp_path / "o2")]) == 2
     assert "did you mean tools" in capsys.readouterr().err
+
+
+def test_the_warm_start_probe_of_a_tool_task_asks_for_the_first_call():
+    from rlreason.config import load_config
+    from rlreason.data.synthetic import tool_solution
+    from rlreason.tiny import probe_target, warmstart_problems
+
+    assert probe_target(tool_solution("12*3", 36)) == "<calculator>12*3</calculator>"
+    assert probe_target("#### 36") == "#### 36"
+    cfg = load_config(None, ["data.source=synthetic", "data.synthetic.task=multiplication",
+                             "data.synthetic.difficulty=3", "data.synthetic.tool_calls=true"])
+    for p in warmstart_problems(cfg.model, cfg.data.synthetic, None, 5, probe=True):
+        a, b = p.metadata["a"], p.metadata["b"]
+        assert p.answer == f"<calculator>{a}*{b}</calculator>"

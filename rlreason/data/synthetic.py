@@ -115,9 +115,12 @@ def _draw(rng: random.Random, lo: int, hi: int, n: int) -> list[int]:
     return [rng.randint(lo, hi) for _ in range(n)]
 
 
+TOOL_CALL_END = "</calculator>"
+
+
 def tool_solution(expression: str, value: int) -> str:
     """The calculator transcript of an answer, in the tools environment's tag format."""
-    return f"<calculator>{expression}</calculator><result>{value}</result>#### {value}"
+    return f"<calculator>{expression}{TOOL_CALL_END}<result>{value}</result>#### {value}"
 
 
 def make_multiplication(rng: random.Random, digits: int, index: int, prefix: str, operator: str = "+",
