@@ -4,11 +4,12 @@ Arms (recipes/tools_synthetic.yaml and one change):
   tool      the recipe: the `tools` environment with a calculator (tag format); warm start on
             calculator transcripts "<calculator>a*b</calculator><result>c</result>#### c"
   no_tool   env.name null, warm start on "#### c": the model must multiply by itself
-Each arm and seed s: its own tiny model (model.tiny.seed = s, 150 warm-start steps), 40
+Each arm and seed s: its own tiny model (model.tiny.seed = s, warm-started to the recipe's
+target: half the sampled first turns right; amendment 1 in evaluation/README.md), 40
 GRPO steps x 32 prompts x 8 samples, held-out greedy accuracy (128 problems) before and
 after. The protocol is in evaluation/README.md ("Tools"), written before the run.
 
-    python evaluation/tools_synthetic.py --workers 2     # about 10 min on 2 cores (AVX2 EPYC)
+    python evaluation/tools_synthetic.py --workers 2     # about 15 min on 2 cores (AVX2 EPYC)
     python evaluation/tools_synthetic.py --quick         # smoke test
 
 Writes evaluation/results/tools_synthetic.json and .png.
