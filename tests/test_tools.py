@@ -250,3 +250,46 @@ def test_the_warm_start_probe_of_a_tool_task_asks_for_the_first_call():
     for p in warmstart_problems(cfg.model, cfg.data.synthetic, None, 5, probe=True):
         a, b = p.metadata["a"], p.metadata["b"]
         assert p.answer == f"<calculator>{a}*{b}</calculator>"
+
+
+def test_guidance_composes_with_an_environment(tiny_recipe, user_module, tmp_path):
+    """POPE in episodes: probing and guided prompts go through the environment; the hint is
+    part of the prompt the episode starts from, so only the episode's model tokens train."""
+    from rlreason import trainer as T
+
+    user_module("note_env", "from rlreason.rollout.environment import StepResult\n"
+                "class Note:\n"
+                "    stop = ()\n"
+                "    def __init__(self, tokenizer):\n"
+                "        self.n = 0\n"
+                "    def reset(self, problem):\n"
+                "        self.n = 0\n"
+                "    def step(self, turn):\n"
+                "        self.n += 1\n"
+                "        return StepResult(observation='|', done=self.n >= 2)\n")
+    cfg = tiny_recipe("guidance.enabled=true", "guidance.probe_k=2", "guidance.probe_limit=12",
+                      "guidance.ladder=[0.5]", "data.synthetic.difficulty=3",
+                      "model.tiny.warmstart_data={difficulty: 2}", "train.max_steps=2",
+                      "algo.skip_zero_advantage=false", "env.name='note_env:Note'", "env.max_total_tokens=16")
+    seen = []
+    real = T.optimize
+
+    def spy(run, seqs):
+        seen.append(seqs)
+        return real(run, seqs)
+
+    T.optimize = spy
+    try:
+        T.train(cfg, log=lambda s: None)
+    finally:
+        T.optimize = real
+    guided = [s for s in seen[0] if not char_tokenizer().decode(s.prompt).endswith("=")]
+    assert guided, "no guided prompt was trained on"
+    bar = char_tokenizer().convert_tokens_to_ids("|")
+    masked = []
+    for s in seen[0]:  # every episode: model tokens, then (if it went on) the observation, masked
+        assert s.loss_mask is not None and len(s.loss_mask) == len(s.completion)
+        masked += [t for t, m in zip(s.completion, s.loss_mask) if m == 0]
+    assert masked and set(masked) == {bar}  # exactly the observations are out of the loss
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "reward" in r]
+    assert rows[0]["guided/frac_prompts"] == pytest.approx(0.5) and "env/turns" in rows[0]
