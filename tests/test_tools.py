@@ -270,7 +270,8 @@ def test_guidance_composes_with_an_environment(tiny_recipe, user_module, tmp_pat
     cfg = tiny_recipe("guidance.enabled=true", "guidance.probe_k=2", "guidance.probe_limit=12",
                       "guidance.ladder=[0.5]", "data.synthetic.difficulty=3",
                       "model.tiny.warmstart_data={difficulty: 2}", "train.max_steps=2",
-                      "algo.skip_zero_advantage=false", "env.name='note_env:Note'", "env.max_total_tokens=16")
+                      "algo.skip_zero_advantage=false", "env.name='note_env:Note'", "env.max_total_tokens=16",
+                      "rollout.min_completion_length=6")  # turns end by length: the env answers
     seen = []
     real = T.optimize
 
