@@ -591,10 +591,12 @@ class RecipeConfig(_Section):
 def _check_async(cfg: RecipeConfig) -> None:
     """What asynchronous rollouts overlap with, and what they do not support yet."""
     r = cfg.rollout
-    if r.backend in ("hf", "vllm"):
+    if r.backend != "server":
         raise ValueError(f"rollout.async_steps={r.async_steps} overlaps generation with training, which needs "
                          f"generation outside the trainer's process: rollout.backend=server (`rlreason serve` on "
-                         f"other GPUs, nodes or cores); {r.backend} generates in this process")
+                         f"other GPUs, nodes or cores); {r.backend} "
+                         + ("generates in this process" if r.backend in ("hf", "vllm") else
+                            "is not known to (it must record the policy version of each completion)"))
     if cfg.guidance.enabled or cfg.algo.dynamic_sampling:
         raise ValueError("rollout.async_steps does not support guidance.enabled or algo.dynamic_sampling yet "
                          "(both choose the next prompts from this step's rewards); set rollout.async_steps=0")

@@ -246,7 +246,7 @@ def _async_batch(run: Run, sampling: SamplingParams) -> tuple[Groups, dict[str, 
         run.rollouts = AsyncRollouts(
             run.cfg.rollout.async_steps, draw=lambda: run.train_data.take(P), resume_state=run.train_data.state_dict,
             generate=lambda probs, seed: rollout(run, probs, G, dataclasses.replace(sampling, seed=seed)),
-            seed=run.cfg.train.seed, first_step=run.step)
+            seed=run.cfg.train.seed, first_step=run.step, last_step=run.cfg.train.max_steps - 1)
     run.rollouts.fill()
     problems, completions, timing = run.rollouts.next()
     return _score(run, problems, G, sampling, completions), {**timing, **staleness_metrics(completions, run.step)}
@@ -432,12 +432,13 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
             save(run)
         if stop_after is not None and run.step >= stop_after:
             break
+    if stop_after is None or run.step < stop_after:
+        save(run)  # with async rollouts, before close: its cursor is the oldest untrained batch's
     if run.rollouts is not None:
         run.rollouts.close()  # batches asked for and not trained are dropped: a resume redraws them
     if stop_after is not None and run.step >= stop_after:
         finish_trackers(run.accelerator)
         return last
-    save(run)
     final = out / "final"
     export_final(run, final)
     if is_main:

@@ -2,6 +2,7 @@
 real rollout server, exact resume, and what is refused."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -51,6 +52,11 @@ def test_batches_are_asked_for_ahead_and_never_older_than_the_depth():
         assert max(ages) <= depth and ages[-1] >= 1  # stale, but never by more than the depth
         assert order == [f"p{i}" for i in range(12)]  # drawn in step order, none skipped
     assert seen_threads and all(t.startswith("rlreason-rollouts") for t in seen_threads)
+    cursor["i"] = 0
+    last = AsyncRollouts(2, draw, generate, resume_state=lambda: {"cursor": cursor["i"]}, seed=0, last_step=1)
+    last.fill()
+    assert [p.step for p in last.pending] == [0, 1]  # nothing is asked for beyond the run's last step
+    last.close()
     assert r.batch_seed(5) == 3 * 1_000_003 + 5
 
 
@@ -141,3 +147,6 @@ def test_resume_with_async_neither_loses_nor_repeats_a_prompt(tiny_recipe, serve
     assert resumed == straight  # the same prompts in the same order: none lost, none trained twice
     flat = [i for batch in resumed for i in batch]
     assert len(flat) == len(set(flat)) == 16
+    # the final checkpoint's cursor is after the 16 trained prompts, not the batches drawn ahead
+    state = json.loads((tmp_path / "a" / "checkpoints" / "step_000004" / "trainer_state.json").read_text())
+    assert state["data"] == {"epoch": 0, "position": 16}

@@ -114,7 +114,9 @@ def test_calculator_does_arithmetic_and_nothing_else():
     assert calculator("123*45") == "5535" and calculator({"expression": "(2+3)**2 / 5"}) == "5"
     assert calculator("7/2") == "3.5" and calculator("-3 // 2") == "-2"
     for bad, why in [("__import__('os')", "not arithmetic"), ("x+1", "not arithmetic"), ("1/0", "division by zero"),
-                     ("9**9**9", "exponent"), ("1+", "cannot parse"), ({"expr": "1"}, "missing argument")]:
+                     ("9**9**9", "exponent"), ("1+", "cannot parse"), ({"expr": "1"}, "missing argument"),
+                     ("((((9**99)**99)**99)**99)**99", "more than 4096 bits"),  # each exponent small
+                     ("*".join(["10**99"] * 20), "more than 4096 bits")]:
         with pytest.raises(ToolError, match=why):
             calculator(bad)
 
@@ -132,6 +134,8 @@ def test_a_tool_that_raises_answers_an_error_and_the_episode_goes_on(user_module
     assert r.info == {"tool_calls": 2, "tool_errors": 1}
     with pytest.raises(ValueError, match="not a registered tool"):
         ToolEnv(tok, tools=["calculater"])
+    with pytest.raises(ValueError, match=r"env.kwargs.tool_kwargs.python: .*timeout"):
+        ToolEnv(tok, tools=["python"], tool_kwargs={"python": {"timeout": 5}})  # a typo fails at once
 
 
 def test_the_python_tool_runs_code_and_kills_what_hangs():
@@ -143,6 +147,8 @@ def test_the_python_tool_runs_code_and_kills_what_hangs():
     assert "network access is disabled" in run_python("import socket\nsocket.socket()")
     assert "MemoryError" in run_python("x = bytearray(400 << 20)", memory_mb=200)
     assert run_python("print('x' * 5000)", max_output_chars=20).endswith("[cut at 20 characters]")
+    flood = run_python("import sys\nfor _ in range(200): sys.stdout.write('y' * 100_000)", max_output_chars=30)
+    assert flood == "y" * 30 + "... [cut at 30 characters]"  # read from a file, at most 4x the limit
     env = ToolEnv(char_tokenizer(), tools=["python"], format="tags", tool_kwargs={"python": {"timeout_s": 1}})
     r = env.step("<python>import time\ntime.sleep(30)</python>")
     assert r.observation == "<result>error: timed out after 1 s</result>" and not r.done

@@ -69,6 +69,9 @@ class _StubLLM:
     def collective_rpc(self, fn):
         self.log.append("reload")
 
+    def reset_prefix_cache(self):
+        self.log.append("reset_prefix_cache")
+
 
 def test_a_sleeping_engine_wakes_before_it_takes_new_weights():
     """The known failure elsewhere: weights pushed to a sleeping engine are lost at wake-up.
@@ -82,10 +85,11 @@ def test_a_sleeping_engine_wakes_before_it_takes_new_weights():
     eng.sleep()
     eng.sleep()  # already asleep: no second call
     eng.update_weights([("model.norm.weight", torch.ones(4))])
-    assert log == ["sleep", "wake_up", "reload"] and not eng.sleeping
+    # the prefix cache holds KV of the old weights: dropped after every push
+    assert log == ["sleep", "wake_up", "reload", "reset_prefix_cache"] and not eng.sleeping
     eng.sleep_mode = False
     eng.sleep()  # sleep mode off: sleep() is a no-op
-    assert log[-1] == "reload"
+    assert log[-1] == "reset_prefix_cache"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without a GPU")

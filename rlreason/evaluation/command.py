@@ -110,9 +110,12 @@ def _sample(args: argparse.Namespace, suite: Suite, grader: Grader, problems: li
         return encode_prompts([problem], loaded.tokenizer, template=p.template, system_prompt=p.system_prompt,
                               plain_template=p.plain_template)[0]
 
-    engine = make_engine(RolloutConfig(backend=args.backend, batch_size=args.batch_size), loaded.model,
-                         loaded.tokenizer, model_path=loaded.base, seed=args.seed,
-                         max_prompt_length=max(len(encode(q)) for q in problems) if problems else 1,
+    longest = max(len(encode(q)) for q in problems) if problems else 1
+    if getattr(args, "env", None):  # later turns of an episode see the episode so far
+        longest += args.max_total_tokens
+    engine = make_engine(RolloutConfig(backend=args.backend, batch_size=args.batch_size,
+                                       max_completion_length=args.max_new_tokens), loaded.model,
+                         loaded.tokenizer, model_path=loaded.base, seed=args.seed, max_prompt_length=longest,
                          lora_rank=_adapter_rank(loaded.adapter) if args.backend == "vllm" else None)
     if args.backend == "vllm" and loaded.adapter:  # served as an adapter, not merged
         engine.load_adapter(loaded.adapter)

@@ -33,9 +33,6 @@ from typing import Any
 
 from ..types import Completion, Problem
 
-#: backends whose generation runs outside the trainer's process, so it can overlap training
-OVERLAPPING_BACKENDS = ("server",)
-
 
 @dataclass
 class _Pending:
@@ -52,10 +49,12 @@ class AsyncRollouts:
 
     def __init__(self, depth: int, draw: Callable[[], list[Problem]],
                  generate: Callable[[list[Problem], int], list[list[Completion]]],
-                 resume_state: Callable[[], dict[str, Any]], seed: int, first_step: int = 0):
+                 resume_state: Callable[[], dict[str, Any]], seed: int, first_step: int = 0,
+                 last_step: int | None = None):
         self.depth, self.draw, self.generate, self.state = depth, draw, generate, resume_state
         self.seed = seed
         self.next_step = first_step  # the step of the next batch to ask for
+        self.last_step = last_step  # no batch is asked for beyond this step (the run's last)
         self.pending: deque[_Pending] = deque()
         self.jobs: queue.Queue = queue.Queue()
         self.worker = threading.Thread(target=self._serve, name="rlreason-rollouts", daemon=True)
@@ -96,7 +95,7 @@ class AsyncRollouts:
 
     def fill(self) -> None:
         """Ask for batches until `depth + 1` are in flight (the trainer's thread)."""
-        while len(self.pending) < self.depth + 1:
+        while len(self.pending) < self.depth + 1 and (self.last_step is None or self.next_step <= self.last_step):
             resume = self.state()
             problems = self.draw()
             step = self.next_step

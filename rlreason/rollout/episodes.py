@@ -72,7 +72,7 @@ def run_episodes(engine: Any, tokenizer: Any, make_env: EnvFactory, problems: li
     env_stops = tuple(getattr(episodes[0].env, "stop", ())) if episodes else ()
     stops = tuple(dict.fromkeys((*sampling.stop, *env_stops)))  # a turn also ends at a tool call
     final = _stop_ids(engine, tokenizer, sampling)
-    seed = sampling.seed
+    calls = 0  # generate calls so far: with a seed, each gets its own, derived from it
     while True:
         active = [e for e in episodes if e.finish is None]
         if not active:
@@ -81,9 +81,10 @@ def run_episodes(engine: Any, tokenizer: Any, make_env: EnvFactory, problems: li
         for e in active:
             by_budget[min(sampling.max_tokens, max_total_tokens - len(e.tokens))].append(e)
         for budget, group in sorted(by_budget.items()):
+            seed = None if sampling.seed is None else sampling.seed + 7_919 * calls
+            calls += 1
             sp = dataclasses.replace(sampling, max_tokens=budget, stop=stops, seed=seed,
                                      min_tokens=min(sampling.min_tokens, budget))
-            seed = None  # a seed starts the sampling stream once, not per call
             outs = engine.generate([e.prompt + e.tokens for e in group], 1, sp)
             for e, (c,) in zip(group, outs):
                 _advance(e, c, tokenizer, final, max_turns, max_total_tokens)

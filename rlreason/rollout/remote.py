@@ -180,8 +180,9 @@ class RemoteEngine:
                 for share in shares:
                     groups.append(reply[at : at + len(share)])
                     at += len(share)
-            except ServerError as e:  # every rank stops with the reason, none waits forever
-                groups = [str(e)] * len(shares)
+            except Exception as e:  # every rank stops with the reason, none waits in the scatter
+                why = str(e) if isinstance(e, ServerError) else f"rollout server {self.url}/generate: {e!r}"
+                groups = [why] * len(shares)
         mine = _scatter_from_rank0(groups if shares is None or isinstance(groups[0], str)
                                    else [(g, version) for g in groups])
         if isinstance(mine, str):

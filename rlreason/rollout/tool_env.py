@@ -13,6 +13,7 @@ model sees what went wrong, as it would from a real interpreter.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from ..registry import TOOLS
@@ -33,6 +34,11 @@ class ToolEnv:
         unknown = sorted(set(self.tool_kwargs) - set(self.tools))
         if unknown:
             raise ValueError(f"env.kwargs.tool_kwargs: {unknown} are not among env.kwargs.tools {list(tools)}")
+        for name, kw in self.tool_kwargs.items():  # a typo fails now, not as an error shown to the model
+            try:
+                inspect.signature(self.tools[name]).bind(None, **kw)
+            except TypeError as e:
+                raise ValueError(f"env.kwargs.tool_kwargs.{name}: {e}") from None
         self.format = make_format(format, tokenizer, [n.rpartition(":")[2] if ":" in n else n for n in tools])
         self.by_call_name = {(n.rpartition(":")[2] if ":" in n else n): n for n in tools}
         self.stop = self.format.stop

@@ -58,6 +58,11 @@ class ChatFormat:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("env.kwargs.format 'chat': the tokenizer has no chat template; use format 'tags'")
         self.tokenizer = tokenizer
+        try:  # a template that cannot place a tool message fails here, not mid-rollout
+            self.render(["x"])
+        except Exception as e:
+            raise ValueError(f"env.kwargs.format 'chat': the chat template cannot render a tool message ({e}); "
+                             "use format 'tags'") from e
 
     def parse(self, turn: str) -> list[ToolCall]:
         calls = []

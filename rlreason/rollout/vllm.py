@@ -224,6 +224,9 @@ class VLLMEngine:
         # A worker in another process needs the tensors pickled: a list.
         weights = names if self.in_process else list(names)
         self.llm.collective_rpc(lambda worker: _reload_in_worker(worker, weights))
+        # cached KV blocks (a shared system prompt, an episode's earlier turns) were computed
+        # with the old weights: reusing them would mix two policies in one sample
+        self.llm.reset_prefix_cache()
 
     def load_adapter(self, adapter: Any) -> None:
         """Serve this adapter (a peft folder, or an in-memory `Adapter`) from now on,
@@ -235,6 +238,7 @@ class VLLMEngine:
         if not isinstance(adapter, str):
             adapter = adapter.write(self._lora_dir)
         self.lora = LoRARequest("policy", 1, str(adapter), load_inplace=True)
+        self.llm.reset_prefix_cache()  # the same adapter id now means other weights
 
     def sleep(self) -> None:
         if self.sleep_mode and not self.sleeping:

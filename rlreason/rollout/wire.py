@@ -35,4 +35,6 @@ def sampling_from_json(d: dict[str, Any]) -> SamplingParams:
 def sampling_to_json(sp: SamplingParams) -> dict[str, Any]:
     d = asdict(sp)
     d["stop_token_ids"], d["stop"] = list(sp.stop_token_ids), list(sp.stop)
+    if not d["min_tokens"]:  # a server older than the field still takes the request
+        del d["min_tokens"]
     return d
