@@ -15,14 +15,22 @@ a killed run keeps what it had.
      Qwen2-shaped model (benchmarks/rollout_throughput.py --preset 1.5b, no download);
   5. one optimizer step under each shipped accelerate config (DDP, FSDP2, ZeRO-2, ZeRO-3).
 
+Beyond the ten-minute set, run only when named with --only (a second call):
+  tools_vllm         recipes/tools_synthetic.yaml on colocated vLLM, 10 steps: multi-turn
+                     episodes turn by turn with prefix caching;
+  async_server_vllm  `rlreason serve --backend vllm` on the same GPU and the quickstart
+                     through it with rollout.async_steps=1, 10 steps.
+
     bash benchmarks/gpu_check.sh                       # writes benchmarks/results/gpu_check.json
     python benchmarks/gpu_check.py --only env,quickstart_vllm --out /tmp/g.json
+    python benchmarks/gpu_check.py --only tools_vllm,async_server_vllm --out benchmarks/results/gpu_check_extra.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -38,6 +46,8 @@ ACCELERATE_CONFIGS = ["ddp", "fsdp2", "zero2", "zero3"]
 # seconds per check: together under 600 even when every one runs to its limit
 LIMITS = {"env": 40, "quickstart_vllm": 120, "lora_push_vllm": 100, "rollout_1.5b": 160,
           "accelerate": 45}
+# opt-in checks (--only names them): the set above keeps to ten minutes without them
+EXTRA_LIMITS = {"tools_vllm": 180, "async_server_vllm": 300}
 
 
 def run(cmd: list[str], limit: float, log: Path, env: dict | None = None) -> dict:
@@ -96,7 +106,9 @@ def metrics(folder: Path) -> dict:
     times = sorted(r["step_time_s"] for r in steps)
     return {"steps": len(steps), "reward_first": steps[0]["reward"], "reward_last": steps[-1]["reward"],
             "median_step_time_s": times[len(times) // 2], "strategy": steps[-1].get("strategy"),
-            "eval_accuracy": [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]}
+            "eval_accuracy": [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r],
+            **{k: steps[-1][k] for k in ("env/tool_calls", "env/turns", "async/staleness_max", "async/wait_s")
+               if k in steps[-1]}}
 
 
 def quickstart(work: Path, name: str, extra: list[str]) -> dict:
@@ -109,6 +121,66 @@ def quickstart(work: Path, name: str, extra: list[str]) -> dict:
     return {**r, **metrics(out)}
 
 
+def tools_vllm(work: Path) -> dict:
+    out = work / "tools_vllm"
+    cmd = [sys.executable, "-m", "rlreason", "train", "recipes/tools_synthetic.yaml", "rollout.backend=vllm",
+           "train.max_steps=10", "train.save_steps=0", "eval.every_steps=10", "eval.num_problems=64",
+           "train.plot=false", f"train.output_dir={out}", "train.overwrite_output_dir=true"]
+    r = run(cmd, EXTRA_LIMITS["tools_vllm"], work / "tools_vllm.log", env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    return {**r, **metrics(out)}
+
+
+def async_server_vllm(work: Path) -> dict:
+    """The quickstart's tiny model served by vLLM (30% of the GPU), trained through it with
+    one step of overlap; the server is stopped whatever happens."""
+    t0 = time.perf_counter()
+    limit = EXTRA_LIMITS["async_server_vllm"]
+    resolve = ("from rlreason.config import load_config; from rlreason.tiny import resolve_model_path; "
+               "c = load_config('recipes/quickstart.yaml', []); "
+               "print(resolve_model_path(c.model, c.data.synthetic, log=lambda s: None))")
+    model = subprocess.run([sys.executable, "-c", resolve], cwd=ROOT, capture_output=True, text=True,
+                           timeout=limit / 3)
+    if model.returncode:
+        return {"status": "failed", "step": "tiny model", "log_tail": model.stderr[-1500:]}
+    with socket.socket() as sock:  # a free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = (work / "async_server_vllm.server.log").open("w")
+    served = model.stdout.strip().splitlines()[-1]
+    server = subprocess.Popen([sys.executable, "-m", "rlreason", "serve", "--model", served,
+                               "--backend", "vllm", "--port", str(port), "--dtype", "float32",
+                               "--gpu-memory-utilization", "0.3"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    try:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.perf_counter() - t0 > limit / 2:
+                    log.flush()
+                    return {"status": "failed", "step": "server start",
+                            "log_tail": (work / "async_server_vllm.server.log").read_text()[-1500:]}
+                time.sleep(2)
+        out = work / "async_server_vllm"
+        cmd = [sys.executable, "-m", "rlreason", "train", "recipes/quickstart.yaml", "rollout.backend=server",
+               f"rollout.server_url={url}", "rollout.async_steps=1", "train.max_steps=10", "train.save_steps=0",
+               "eval.every_steps=10", "eval.num_problems=64", "train.plot=false", f"train.output_dir={out}",
+               "train.overwrite_output_dir=true"]
+        r = run(cmd, max(30.0, limit - (time.perf_counter() - t0)), work / "async_server_vllm.log")
+        return {**r, **metrics(out), "wall_s": round(time.perf_counter() - t0, 1)}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.json"))
@@ -118,7 +190,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
-    result: dict = {"machine": machine_info(), "limits_s": LIMITS, "checks": {}}
+    result: dict = {"machine": machine_info(), "limits_s": {**LIMITS, **EXTRA_LIMITS}, "checks": {}}
     t_start = time.perf_counter()
 
     def record(name: str, value: dict) -> None:
@@ -128,8 +200,8 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(result, indent=1))
         print(f"{name}: {value.get('status', '')} {json.dumps(value)[:300]}", file=sys.stderr, flush=True)
 
-    def wanted(name: str) -> bool:
-        return only is None or name in only
+    def wanted(name: str) -> bool:  # the opt-in checks only when named
+        return name in only if only is not None else name not in EXTRA_LIMITS
 
     found = imports(work)
     gpu = cuda()
@@ -139,7 +211,7 @@ def main() -> None:
     if not gpu["cuda"]:
         reason = {"status": "skipped", "missing": "a CUDA GPU", "torch": gpu.get("torch"),
                   "fix": "install a CUDA build of torch on a GPU machine"}
-        for name in ("quickstart_vllm", "lora_push_vllm", "rollout_1.5b", "accelerate"):
+        for name in ("quickstart_vllm", "lora_push_vllm", "rollout_1.5b", "accelerate", *EXTRA_LIMITS):
             if wanted(name):
                 record(name, reason)
         return
@@ -175,6 +247,10 @@ def main() -> None:
             record("accelerate", {"status": "partial", "runs": runs})
         statuses = {v["status"] for v in runs.values()}
         record("accelerate", {"status": "ok" if statuses == {"ok"} else "see runs", "runs": runs})
+    if wanted("tools_vllm"):
+        record("tools_vllm", missing_vllm or tools_vllm(work))
+    if wanted("async_server_vllm"):
+        record("async_server_vllm", missing_vllm or async_server_vllm(work))
 
 
 if __name__ == "__main__":

@@ -27,3 +27,13 @@ def test_without_a_gpu_every_check_is_reported_with_the_fix(tmp_path):
         assert "CUDA build of torch" in checks[name]["fix"]
     assert sum(data["limits_s"][k] for k in ("env", "quickstart_vllm", "lora_push_vllm", "rollout_1.5b")) \
         + 4 * data["limits_s"]["accelerate"] <= 600
+    # the opt-in checks (multi-turn episodes on vLLM, async through a vLLM server) only when named
+    extra = tmp_path / "extra.json"
+    r = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--work", str(tmp_path / "work"),
+                        "--only", "tools_vllm,async_server_vllm"], cwd=ROOT,
+                       env={**env, "OUT": str(extra)}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    checks = json.loads(extra.read_text())["checks"]
+    assert set(checks) == {"env", "tools_vllm", "async_server_vllm"}
+    assert all(checks[n]["status"] == "skipped" and checks[n]["missing"] == "a CUDA GPU"
+               for n in ("tools_vllm", "async_server_vllm"))
