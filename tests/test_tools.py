@@ -17,7 +17,7 @@ from rlreason.rollout.tool_env import ToolEnv
 from rlreason.rollout.tool_format import ChatFormat, TagFormat
 from rlreason.rollout.tools import ToolError, calculator, run_python
 from rlreason.tiny import char_tokenizer, tiny_llama
-from rlreason.types import Problem, SamplingParams
+from rlreason.types import Completion, Problem, SamplingParams
 
 PROBLEM = Problem(id="p0", prompt="12*34=", answer="408")
 
@@ -300,3 +300,29 @@ def test_guidance_composes_with_an_environment(tiny_recipe, user_module, tmp_pat
     assert masked and set(masked) == {bar}  # exactly the observations are out of the loss
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "reward" in r]
     assert rows[0]["guided/frac_prompts"] == pytest.approx(0.5) and "env/turns" in rows[0]
+
+
+def test_a_turn_the_engine_stopped_on_its_own_ends_the_episode():
+    """An engine may stop on an end id we do not know (vLLM's generation_config EOS ids) or
+    a recipe stop string: any stop that is not the environment's ends the episode; a stop
+    at the environment's string (a tool call) lets it answer."""
+    tok = char_tokenizer()
+
+    class Engine:
+        def __init__(self, text):
+            self.ids = tok(text, add_special_tokens=False)["input_ids"]
+
+        def generate(self, prompts, n, sampling):
+            return [[Completion(list(p), list(self.ids), [0.0] * len(self.ids), "stop")] for p in prompts]
+
+    class CallsAlways(Scripted):
+        stop = ("</c>",)
+
+    prompt = tok(PROBLEM.prompt, add_special_tokens=False)["input_ids"]
+    sp = SamplingParams(max_tokens=8)
+    done = run_episodes(Engine("42"), tok, lambda: CallsAlways(turns=99), [PROBLEM], [prompt], 1, sp,
+                        max_turns=3, max_total_tokens=64)[0][0]
+    assert done.info["turns"] == 1 and done.finish_reason == "stop" and done.info["truncated"] == 0
+    calls = run_episodes(Engine("<c>1</c>"), tok, lambda: CallsAlways(turns=99), [PROBLEM], [prompt], 1, sp,
+                         max_turns=3, max_total_tokens=64)[0][0]
+    assert calls.info["turns"] == 3 and calls.info["truncated"] == 1  # the environment answered each call

@@ -87,23 +87,28 @@ def run_episodes(engine: Any, tokenizer: Any, make_env: EnvFactory, problems: li
                                      min_tokens=min(sampling.min_tokens, budget))
             outs = engine.generate([e.prompt + e.tokens for e in group], 1, sp)
             for e, (c,) in zip(group, outs):
-                _advance(e, c, tokenizer, final, max_turns, max_total_tokens)
+                _advance(e, c, tokenizer, final, env_stops, max_turns, max_total_tokens)
     return [[e.completion() for e in episodes[i * n : (i + 1) * n]] for i in range(len(problems))]
 
 
-def _advance(e: _Episode, c: Completion, tokenizer: Any, final: set[int], max_turns: int,
-             max_total_tokens: int) -> None:
+def _advance(e: _Episode, c: Completion, tokenizer: Any, final: set[int], env_stops: tuple[str, ...],
+             max_turns: int, max_total_tokens: int) -> None:
     """Append one model turn, let the environment answer, end the episode or insert the observation."""
     e.add(list(c.token_ids), list(c.logprobs), model=True)
     e.info["turns"] += 1
     if c.policy_version is not None:
         e.version = c.policy_version if e.version is None else min(e.version, c.policy_version)
-    result = e.env.step(tokenizer.decode(c.token_ids, skip_special_tokens=True))
+    text = tokenizer.decode(c.token_ids, skip_special_tokens=True)
+    result = e.env.step(text)
     for k, v in result.info.items():
         e.info[k] = e.info.get(k, 0.0) + float(v)
     if result.reward is not None:
         e.info["env_reward"] += float(result.reward)
-    ended_by_model = bool(c.token_ids) and c.token_ids[-1] in final and c.finish_reason == "stop"
+    # the model ended its turn itself: an EOS we know of, or any stop that was not the
+    # environment's (an engine's own EOS ids, e.g. vLLM's from generation_config, or a
+    # recipe stop string)
+    ended_by_model = c.finish_reason == "stop" and bool(c.token_ids) and (
+        c.token_ids[-1] in final or not any(s in text for s in env_stops))
     if ended_by_model or result.done:
         e.end("length" if c.finish_reason == "length" else "stop")
         return
