@@ -89,12 +89,7 @@ def run_arm(arm: str, seed: int, work: Path, steps: int) -> dict:
 
 
 def plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax, bx) = P.figure(2, figsize=(12, 4.5))
     for arm in ARMS:
         rs = [r for r in runs if r["arm"] == arm]
         n = min(len(r["curve"]) for r in rs)
@@ -117,17 +112,12 @@ def plot(runs: list[dict], path: Path) -> None:
     bx.set_ylabel("held-out greedy accuracy after (dots: seeds, bar: mean)")
     bx.legend(fontsize=8)
     bx.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    P.save_figure(fig, path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workers", type=int, default=1, help="runs side by side, one thread each (protocol.pmap)")
-    ap.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 4 steps")
-    ap.add_argument("--work", default="runs/algorithms_synthetic")
-    ap.add_argument("--out", default=str(P.HERE / "results" / "algorithms_synthetic.json"))
+    P.runner_args(ap, "algorithms_synthetic", quick_help="smoke test: 1 seed, 4 steps")
     args = ap.parse_args()
     seeds, steps = (SEEDS[:1], 4) if args.quick else (SEEDS, STEPS)
     work = Path(args.work)

@@ -116,11 +116,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cut", type=int, default=0, choices=[0, 1, 2, 3])
     ap.add_argument("--step-factor", type=float, default=1.0, help="cut 3's factor")
-    ap.add_argument("--quick", action="store_true", help="smoke test: not the protocol")
-    ap.add_argument("--workers", type=int, default=1,
-                    help="runs side by side, one thread each (protocol.pmap)")
-    ap.add_argument("--work", default="runs/otr_synthetic")
-    ap.add_argument("--out", default=str(P.HERE / "results" / "otr_synthetic.json"))
+    P.runner_args(ap, "otr_synthetic")
     args = ap.parse_args()
     clock = P.Clock()
     tuning_seeds, grids, steps = P.apply_cuts(args.cut, P.TUNING_SEEDS, GRIDS, {"sft": STEPS},

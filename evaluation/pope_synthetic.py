@@ -142,11 +142,7 @@ def main() -> None:
     ap.add_argument("--cut", type=int, default=0, choices=[0, 1, 2, 3],
                     help="apply the protocol's pre-declared cuts 1..N")
     ap.add_argument("--step-factor", type=float, default=1.0, help="cut 3's factor")
-    ap.add_argument("--quick", action="store_true", help="smoke test: not the protocol")
-    ap.add_argument("--workers", type=int, default=1,
-                    help="runs side by side, one thread each (protocol.pmap)")
-    ap.add_argument("--work", default="runs/pope_synthetic")
-    ap.add_argument("--out", default=str(P.HERE / "results" / "pope_synthetic.json"))
+    P.runner_args(ap, "pope_synthetic")
     args = ap.parse_args()
     clock = P.Clock()
     tuning_seeds, grids, steps = P.apply_cuts(args.cut, P.TUNING_SEEDS, {"lr": LR_GRID},

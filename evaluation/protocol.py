@@ -7,6 +7,7 @@ rule changed here changes for every experiment at once, as an amendment would.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import platform
@@ -26,6 +27,33 @@ TEST_SEEDS = tuple(range(8))
 TUNING_SEEDS = (100, 101)
 EVAL_SAMPLES = 8
 MAX_TOKENS = 8
+
+
+def runner_args(ap: argparse.ArgumentParser, name: str, quick_help: str = "smoke test: not the protocol") -> None:
+    """The options every experiment script takes: --quick, --workers, --work (runs/NAME)
+    and --out (evaluation/results/NAME.json)."""
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--workers", type=int, default=1, help="runs side by side, one thread each (protocol.pmap)")
+    ap.add_argument("--work", default=f"runs/{name}")
+    ap.add_argument("--out", default=str(HERE / "results" / f"{name}.json"))
+
+
+def figure(ncols: int, figsize: tuple[float, float]):
+    """(figure, axes) of one row of `ncols` plots, drawn off-screen."""
+    import matplotlib  # lazily: only the scripts that plot need it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=figsize)
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt  # lazily: as figure()
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def log_to_stderr(tag: str) -> Callable[[str], None]:

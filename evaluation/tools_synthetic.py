@@ -71,12 +71,7 @@ def run_arm(arm: str, seed: int, work: Path, steps: int) -> dict:
 
 
 def plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax, bx) = P.figure(2, figsize=(11, 4.2))
     for j, arm in enumerate(ARMS):
         for r in (r for r in runs if r["arm"] == arm):
             ax.plot([c["step"] for c in r["curve"]], [c["reward"] for c in r["curve"]], color=f"C{j}", alpha=0.6,
@@ -91,17 +86,12 @@ def plot(runs: list[dict], path: Path) -> None:
     bx.set_ylabel("held-out greedy accuracy (each line a seed)")
     bx.legend()
     bx.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    P.save_figure(fig, path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workers", type=int, default=1, help="runs side by side, one thread each (protocol.pmap)")
-    ap.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 3 steps")
-    ap.add_argument("--work", default="runs/tools_synthetic")
-    ap.add_argument("--out", default=str(P.HERE / "results" / "tools_synthetic.json"))
+    P.runner_args(ap, "tools_synthetic", quick_help="smoke test: 1 seed, 3 steps")
     args = ap.parse_args()
     seeds, steps = (SEEDS[:1], 3) if args.quick else (SEEDS, STEPS)
     work = Path(args.work)
