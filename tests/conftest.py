@@ -55,6 +55,36 @@ def tiny_recipe(tmp_path):
     return make
 
 
+# POPE on a task the warm start did not see (3-digit sums after 2-digit warm-up): hard
+# problems to probe and guide within two steps
+GUIDED_OVERRIDES = [
+    "guidance.enabled=true", "guidance.probe_k=2", "guidance.probe_limit=12", "guidance.ladder=[0.5]",
+    "data.synthetic.difficulty=3", "model.tiny.warmstart_data={difficulty: 2}", "train.max_steps=2",
+    "algo.skip_zero_advantage=false",
+]
+
+
+@pytest.fixture
+def train_seeing_batches(monkeypatch):
+    """train(cfg) that returns the sequences of every optimizer step, as the trainer built them."""
+    from rlreason import trainer as T
+
+    def run(cfg):
+        seen = []
+        real = T.optimize
+
+        def spy(r, seqs):
+            seen.append(seqs)
+            return real(r, seqs)
+
+        monkeypatch.setattr(T, "optimize", spy)
+        T.train(cfg, log=lambda s: None)
+        monkeypatch.setattr(T, "optimize", real)
+        return seen
+
+    return run
+
+
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
     """Write `source` as the module `name` in tmp_path, importable for this test: the way a

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import GUIDED_OVERRIDES
 
 from rlreason.config import load_config
 from rlreason.rollout.guidance import (
@@ -187,27 +188,10 @@ def test_refresh_drops_problems_solved_unguided():
     assert guide.pool == ["p2"] and guide.solved == ["p1"]  # guided success does not count
 
 
-def test_guided_training_masks_hints_and_logs_guidance(tiny_recipe, tmp_path):
+def test_guided_training_masks_hints_and_logs_guidance(tiny_recipe, tmp_path, train_seeing_batches):
     """End to end: probing writes hardness.json, guided prompts end with the hint tokens,
     and only completion tokens carry loss."""
-    from rlreason import trainer as T
-
-    cfg = tiny_recipe("guidance.enabled=true", "guidance.probe_k=2", "guidance.probe_limit=12",
-                      "guidance.ladder=[0.5]", "data.synthetic.difficulty=3",
-                      "model.tiny.warmstart_data={difficulty: 2}", "train.max_steps=2",
-                      "algo.skip_zero_advantage=false")
-    seen = []
-    real = T.optimize
-
-    def spy(run, seqs):
-        seen.append(seqs)
-        return real(run, seqs)
-
-    T.optimize = spy
-    try:
-        T.train(cfg, log=lambda s: None)
-    finally:
-        T.optimize = real
+    seen = train_seeing_batches(tiny_recipe(*GUIDED_OVERRIDES))
     verdicts = json.loads((tmp_path / "run" / "hardness.json").read_text())
     hard = [pid for pid, v in verdicts.items() if v["hard"]]
     assert len(verdicts) == 12 and hard and all("hint" in verdicts[pid] for pid in hard)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from conftest import GUIDED_OVERRIDES
 from serving import logprobs_of
 
 from rlreason.batching import Sequence, collate, completion_logprobs
@@ -258,11 +259,9 @@ def test_the_warm_start_probe_of_a_tool_task_asks_for_the_first_call():
         assert p.answer == f"<calculator>{a}*{b}</calculator>"
 
 
-def test_guidance_composes_with_an_environment(tiny_recipe, user_module, tmp_path):
+def test_guidance_composes_with_an_environment(tiny_recipe, user_module, tmp_path, train_seeing_batches):
     """POPE in episodes: probing and guided prompts go through the environment; the hint is
     part of the prompt the episode starts from, so only the episode's model tokens train."""
-    from rlreason import trainer as T
-
     user_module("note_env", "from rlreason.rollout.environment import StepResult\n"
                 "class Note:\n"
                 "    stop = ()\n"
@@ -273,23 +272,8 @@ def test_guidance_composes_with_an_environment(tiny_recipe, user_module, tmp_pat
                 "    def step(self, turn):\n"
                 "        self.n += 1\n"
                 "        return StepResult(observation='|', done=self.n >= 2)\n")
-    cfg = tiny_recipe("guidance.enabled=true", "guidance.probe_k=2", "guidance.probe_limit=12",
-                      "guidance.ladder=[0.5]", "data.synthetic.difficulty=3",
-                      "model.tiny.warmstart_data={difficulty: 2}", "train.max_steps=2",
-                      "algo.skip_zero_advantage=false", "env.name='note_env:Note'", "env.max_total_tokens=16",
-                      "rollout.min_completion_length=6")  # turns end by length: the env answers
-    seen = []
-    real = T.optimize
-
-    def spy(run, seqs):
-        seen.append(seqs)
-        return real(run, seqs)
-
-    T.optimize = spy
-    try:
-        T.train(cfg, log=lambda s: None)
-    finally:
-        T.optimize = real
+    seen = train_seeing_batches(tiny_recipe(*GUIDED_OVERRIDES, "env.name='note_env:Note'", "env.max_total_tokens=16",
+                                            "rollout.min_completion_length=6"))  # turns end by length: the env answers
     guided = [s for s in seen[0] if not char_tokenizer().decode(s.prompt).endswith("=")]
     assert guided, "no guided prompt was trained on"
     bar = char_tokenizer().convert_tokens_to_ids("|")
