@@ -16,15 +16,11 @@ Writes benchmarks/results/async_rollouts.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,35 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "quickstart.yaml"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
 def server_on_core(model_dir: str, core: int):
     """`rlreason serve` (transformers engine, one thread) pinned to `core`; yields its URL."""
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "rlreason", "serve", "--model", model_dir, "--backend", "hf",
-                             "--port", str(port), "--dtype", "float32"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: os.sched_setaffinity(0, {core}))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError("rlreason serve exited") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    from rlreason.rollout.server import spawned  # lazily: like every rlreason import here (HF_HUB_OFFLINE first)
+
+    return spawned(model_dir, "--dtype", "float32", backend="hf", cpus={core}, timeout_s=150,
+                   env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
 
 
 def one_run(url: str, async_steps: int, seed: int, steps: int, work: Path) -> dict:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -142,43 +141,21 @@ def async_server_vllm(work: Path) -> dict:
                            timeout=limit / 3)
     if model.returncode:
         return {"status": "failed", "step": "tiny model", "log_tail": model.stderr[-1500:]}
-    with socket.socket() as sock:  # a free port
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = (work / "async_server_vllm.server.log").open("w")
-    served = model.stdout.strip().splitlines()[-1]
-    server = subprocess.Popen([sys.executable, "-m", "rlreason", "serve", "--model", served,
-                               "--backend", "vllm", "--port", str(port), "--dtype", "float32",
-                               "--gpu-memory-utilization", "0.3"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
-    try:
-        import urllib.request
+    from rlreason.rollout.server import spawned  # lazily: every import this script needs is checked first
 
-        url = f"http://127.0.0.1:{port}"
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.perf_counter() - t0 > limit / 2:
-                    log.flush()
-                    return {"status": "failed", "step": "server start",
-                            "log_tail": (work / "async_server_vllm.server.log").read_text()[-1500:]}
-                time.sleep(2)
-        out = work / "async_server_vllm"
-        cmd = [sys.executable, "-m", "rlreason", "train", "recipes/quickstart.yaml", "rollout.backend=server",
-               f"rollout.server_url={url}", "rollout.async_steps=1", "train.max_steps=10", "train.save_steps=0",
-               "eval.every_steps=10", "eval.num_problems=64", "train.plot=false", f"train.output_dir={out}",
-               "train.overwrite_output_dir=true"]
-        r = run(cmd, max(30.0, limit - (time.perf_counter() - t0)), work / "async_server_vllm.log")
-        return {**r, **metrics(out), "wall_s": round(time.perf_counter() - t0, 1)}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+    try:
+        with spawned(model.stdout.strip().splitlines()[-1], "--dtype", "float32", "--gpu-memory-utilization", "0.3",
+                     backend="vllm", env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, timeout_s=limit / 2,
+                     log=work / "async_server_vllm.server.log") as url:
+            out = work / "async_server_vllm"
+            cmd = [sys.executable, "-m", "rlreason", "train", "recipes/quickstart.yaml", "rollout.backend=server",
+                   f"rollout.server_url={url}", "rollout.async_steps=1", "train.max_steps=10", "train.save_steps=0",
+                   "eval.every_steps=10", "eval.num_problems=64", "train.plot=false", f"train.output_dir={out}",
+                   "train.overwrite_output_dir=true"]
+            r = run(cmd, max(30.0, limit - (time.perf_counter() - t0)), work / "async_server_vllm.log")
+            return {**r, **metrics(out), "wall_s": round(time.perf_counter() - t0, 1)}
+    except RuntimeError as e:  # the server did not come up: its log's tail says why
+        return {"status": "failed", "step": "server start", "log_tail": str(e)[-1500:]}
 
 
 def main() -> None:

@@ -26,12 +26,18 @@ reach the engine.
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
+import time
+import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -248,3 +254,45 @@ def make_http_server(service: RolloutService, host: str, port: int, *, api_key: 
             pass
 
     return ThreadingHTTPServer((host, port), Handler)
+
+
+@contextlib.contextmanager
+def spawned(model: str, *args: str, backend: str = "hf", env: dict[str, str] | None = None,
+            timeout_s: float = 180.0, cpus: set[int] | None = None, log: Path | None = None) -> Iterator[str]:
+    """`rlreason serve --model MODEL --backend BACKEND ARGS...` in a subprocess on a free
+    loopback port, pinned to `cpus` if given, its output in `log` (a temporary file if not:
+    a pipe nobody reads would stall a chatty server); yields its URL once /health answers
+    and stops it afterwards. A server that exits or stays silent for `timeout_s` raises
+    RuntimeError with the end of its output. For tests, benchmarks and checks that need a
+    real server beside them."""
+    port = transfer.free_port("127.0.0.1")
+    with contextlib.ExitStack() as stack:
+        if log is None:
+            log = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rlreason-serve-"))) / "serve.log"
+        out = stack.enter_context(open(log, "w"))
+        proc = subprocess.Popen([sys.executable, "-m", "rlreason", "serve", "--model", str(model), "--backend", backend,
+                                 "--host", "127.0.0.1", "--port", str(port), *args],
+                                env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            if cpus is not None:
+                os.sched_setaffinity(proc.pid, cpus)
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    urllib.request.urlopen(url + "/health", timeout=2).read()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        out.flush()
+                        why = (f"exited {proc.returncode}" if proc.poll() is not None
+                               else f"silent for {timeout_s:.0f} s")
+                        raise RuntimeError(f"rlreason serve {why}: {log.read_text()[-3000:]}") from None
+                    time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
