@@ -39,16 +39,31 @@ def _model(kind: str, lora: bool = False):
     return m.eval(), tok
 
 
+@pytest.fixture(params=["mkl", "onednn"])
+def linears(request, monkeypatch):
+    """The fused decode's matmuls as F.linear (the test models are below the packing
+    threshold) or on oneDNN-packed weights (threshold lowered to 0)."""
+    from rlreason.rollout import packed_linear
+
+    if request.param == "onednn":
+        if not packed_linear.onednn_available():
+            pytest.skip("this torch has no oneDNN")
+        monkeypatch.setattr(packed_linear, "PACK_MIN_NUMEL", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("kind,lora", [("llama", False), ("qwen2", False), ("qwen3", False),
                                        ("llama", True)])
-def test_static_cache_path_matches_transformers_forward(kind, lora):
+def test_static_cache_path_matches_transformers_forward(kind, lora, linears):
     from rlreason.rollout.static_cache import StaticCacheDecoder
 
     model, tok = _model(kind, lora)
     # float32 Llama/Qwen2 layers (LoRA folded in) take the fused decode; per-head q/k norms
     # the module-by-module one: both must give the reference's numbers
-    fused = StaticCacheDecoder(model, 1, 8).fused is not None
-    assert fused == (kind in ("llama", "qwen2"))
+    fused = StaticCacheDecoder(model, 1, 8).fused
+    assert (fused is not None) == (kind in ("llama", "qwen2"))
+    if fused is not None:
+        assert (fused.layers[0]["qkv"].packed is not None) == (linears == "onednn")
     prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in ["1+2=", "345+9=", "7="]]
     sp = SamplingParams(temperature=1.0, max_tokens=12)
     outs = []
@@ -70,7 +85,7 @@ def test_static_cache_path_matches_transformers_forward(kind, lora):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_rows_leaving_the_cache_early_do_not_change_the_others(kind):
+def test_rows_leaving_the_cache_early_do_not_change_the_others(kind, linears):
     """Finished rows are dropped from the KV cache (and from the decode mask) as they
     finish; compacting at every finish must give what the reference loop gives."""
     model, tok = _model(kind)
@@ -88,6 +103,31 @@ def test_rows_leaving_the_cache_early_do_not_change_the_others(kind):
     assert [c.token_ids for c in ref] == [c.token_ids for c in fast]
     for a, b in zip(ref, fast):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+
+
+def test_a_packed_linear_computes_what_f_linear_does(monkeypatch):
+    """With or without bias and residual, for row counts other than the packing hint and
+    for 3-d inputs; below the threshold it is F.linear / addmm exactly."""
+    from rlreason.rollout import packed_linear
+    from rlreason.rollout.packed_linear import PackedLinear
+
+    torch.manual_seed(0)
+    w, b = torch.randn(96, 64), torch.randn(96)
+    for threshold in (0, w.numel() + 1):
+        monkeypatch.setattr(packed_linear, "PACK_MIN_NUMEL", threshold)
+        for bias in (None, b):
+            lin = PackedLinear(w, bias, rows_hint=8)
+            assert (lin.packed is not None) == (threshold == 0 and packed_linear.onednn_available())
+            for shape in ((1, 64), (8, 64), (13, 64), (2, 5, 64)):
+                x = torch.randn(*shape)
+                ref = torch.nn.functional.linear(x, w, bias)
+                r = torch.randn(ref.shape)
+                if lin.packed is None:
+                    assert torch.equal(lin(x), ref)
+                    if bias is None and x.dim() == 2:
+                        assert torch.equal(lin(x, residual=r), torch.addmm(r, x, w.t()))
+                assert torch.allclose(lin(x), ref, atol=1e-5)
+                assert torch.allclose(lin(x, residual=r), r + ref, atol=1e-5)
 
 
 def test_only_small_float32_models_without_dora_take_the_fused_decode():

@@ -145,8 +145,18 @@ class HFEngine:
         path supports it (re-indexing transformers' cache objects costs more than it saves).
         """
         if self.static_cache and static_cache.supports(self.model, max_len):
+            # a prompt's G samples share its prefill: each distinct prompt is run once and
+            # its K/V rows copied to its samples (vLLM's prefix cache does the same)
+            uniq, copies = torch.unique(torch.cat([ids, mask], dim=1), dim=0, return_inverse=True)
+            shared = uniq.size(0) < ids.size(0)
+            if shared:
+                ids, mask = uniq[:, : ids.size(1)], uniq[:, ids.size(1) :]
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
             dec = static_cache.StaticCacheDecoder(self.model, ids.size(0), max_len)
             first = dec.forward(ids, pos, mask.bool())
+            if shared:
+                dec.keep_rows(copies)
+                first = first[copies]
             step = lambda tok, p: dec.forward(  # noqa: E731
                 tok[:, None], p, torch.ones_like(tok, dtype=torch.bool)[:, None])
             return first, step, dec.keep_rows

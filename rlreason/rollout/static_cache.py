@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .packed_linear import PackedLinear
+
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
 
@@ -117,10 +119,11 @@ class FusedLayers:
     * q, k and v are one matmul. Within each q and k head the output rows are reordered
       (0, D/2, 1, D/2+1, ...), which turns the half-split rotary embedding into one complex
       multiply; q.k is unchanged since q and k get the same order (v keeps its own).
-    * gate and up are one matmul; the residual adds ride on the o and down matmuls (addmm).
+    * gate and up are one matmul; the residual adds ride on the o and down matmuls.
+    * Large weights are packed for oneDNN once (packed_linear.py); `batch` is the rows hint.
     """
 
-    def __init__(self, base, head_dim: int, cos: torch.Tensor, sin: torch.Tensor):
+    def __init__(self, base, head_dim: int, cos: torch.Tensor, sin: torch.Tensor, batch: int | None = None):
         inner, cfg, D = base.model, base.config, head_dim
         self.nq, self.nkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, D
         perm = torch.arange(D, device=cos.device).view(2, D // 2).t().reshape(-1)
@@ -139,13 +142,13 @@ class FusedLayers:
             if bq is not None:
                 bias = torch.cat([rows(bq[:, None], self.nq)[:, 0], rows(bk[:, None], self.nkv)[:, 0], bv])
             self.layers.append(dict(
-                qkv=qkv, qkv_bias=bias, o_t=wo.t(),
-                gate_up=torch.cat([wg, wu]) * layer.post_attention_layernorm.weight,
-                inter=wg.size(0), down_t=wd.t(),
+                qkv=PackedLinear(qkv, bias, batch), o=PackedLinear(wo, None, batch),
+                gate_up=PackedLinear(torch.cat([wg, wu]) * layer.post_attention_layernorm.weight, None, batch),
+                inter=wg.size(0), down=PackedLinear(wd, None, batch),
                 eps_in=torch.tensor(layer.input_layernorm.variance_epsilon, device=cos.device),
                 eps_post=torch.tensor(layer.post_attention_layernorm.variance_epsilon, device=cos.device),
                 scaling=a.scaling))
-        self.lm_head = _effective_linear(base.lm_head)[0] * inner.norm.weight
+        self.lm_head = PackedLinear(_effective_linear(base.lm_head)[0] * inner.norm.weight, None, batch)
         self.eps_final = torch.tensor(inner.norm.variance_epsilon, device=cos.device)
         self.freqs = torch.complex(cos[:, : D // 2], sin[:, : D // 2])  # [max_len, D/2]
 
@@ -188,18 +191,18 @@ class FusedLayers:
         fr = self.freqs[pos].unsqueeze(2)  # [B, L, 1, D/2]
         h = h.reshape(B * L, hid)
         for i, f in enumerate(self.layers):
-            qkv = F.linear(_unit_rms(h, f["eps_in"]), f["qkv"], f["qkv_bias"]).view(B, L, -1)
+            qkv = f["qkv"](_unit_rms(h, f["eps_in"])).view(B, L, -1)
             pairs = torch.view_as_complex(qkv[..., :nqk].unflatten(-1, (nq + nkv, D // 2, 2)))
             qk = torch.view_as_real(pairs * fr).flatten(-2)  # rotated q and k: [B, L, nq+nkv, D]
             v = qkv[..., nqk:].unflatten(-1, (nkv, D)).transpose(1, 2)
             o = dec.attend_layer(i, qk[:, :, :nq].transpose(1, 2), qk[:, :, nq:].transpose(1, 2), v,
                                  c0, c1, mask, bias, f["scaling"])
-            h = torch.addmm(h, o.transpose(1, 2).reshape(B * L, -1), f["o_t"])
-            gu = F.linear(_unit_rms(h, f["eps_post"]), f["gate_up"])
+            h = f["o"](o.transpose(1, 2).reshape(B * L, -1), residual=h)
+            gu = f["gate_up"](_unit_rms(h, f["eps_post"]))
             n = f["inter"]
-            h = torch.addmm(h, F.silu(gu[:, :n]) * gu[:, n:], f["down_t"])
+            h = f["down"](F.silu(gu[:, :n]) * gu[:, n:], residual=h)
         last = h.view(B, L, hid)[:, -1]
-        return F.linear(_unit_rms(last, self.eps_final), self.lm_head)
+        return self.lm_head(_unit_rms(last, self.eps_final))
 
 
 class StaticCacheDecoder:
@@ -229,7 +232,7 @@ class StaticCacheDecoder:
         all_pos = torch.arange(max_len, device=p.device)[None]
         cos, sin = self.inner.rotary_emb(torch.zeros(1, dtype=p.dtype, device=p.device), all_pos)
         self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
-        self.fused = FusedLayers(base, self.head_dim, self.cos, self.sin) \
+        self.fused = FusedLayers(base, self.head_dim, self.cos, self.sin, batch) \
             if FusedLayers.eligible(base, self.cos) else None
 
     def keep_rows(self, rows: torch.Tensor) -> None:
