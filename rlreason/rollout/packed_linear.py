@@ -3,26 +3,27 @@
 Why: a decode step multiplies a few rows by every weight of every layer in turn, so no
 weight is still in a core's cache when it is next used, and MKL's sgemm (torch's CPU
 BLAS) repacks the weight on each such call. oneDNN's matmul on a weight packed
-beforehand skips that. Measured on the 2-core AMD EPYC without AVX-512 (torch 2.13,
-MKL 2024.2, oneDNN 3.12; 16 weights used in turn, one thread pair), microseconds a call:
+beforehand skips that. Measured by benchmarks/decode_linear.py on the 2-core AMD EPYC
+without AVX-512 (torch 2.13, MKL 2024.2, oneDNN 3.12; 16 weights used in turn),
+microseconds a call (benchmarks/results/decode_linear_cpu.json):
 
-    weight [3h, h]    rows   MKL   oneDNN packed
-    h = 128            8      24      40
-    h = 192           32     105      97
-    h = 256            8     160     105
-    h = 256           32     246     166
-    h = 512           32     762     639
+    weight [3h, h]    rows:   1           8           32
+    h = 128                   13 vs 46    35 vs 58    66 vs 92     (MKL vs oneDNN packed)
+    h = 192                   18 vs 70    82 vs 99    189 vs 189
+    h = 256                   106 vs 127  196 vs 137  278 vs 222
+    h = 512                   467 vs 293  619 vs 433  1136 vs 649
 
-and in the decode of benchmarks/grpo_step_cpu.py (4 layers, hidden 256; weights of
-[768, 256] and [1536, 256]) a rollout went from ~0.57 to ~0.50 s. Below ~128K weights
-oneDNN's fixed cost per call (~30-50 us against MKL's ~10) loses, so small weights keep
-F.linear: the quickstart's model (hidden 128) decodes as before, bit for bit.
+Whole rollouts of benchmarks/grpo_step_cpu.py's step, packing off and on in turn: 0.53 vs
+0.48 s for its model (hidden 256; paired ratio 0.88), 5.66 vs 3.75 s for `--size large`
+(hidden 768; 0.72). Below ~128K weights oneDNN's fixed cost per call loses, so small
+weights keep F.linear: the quickstart's model (hidden 128) decodes as before, bit for bit.
 
 This is the packing torch's inductor applies to frozen CPU linears
-(`mkldnn._reorder_linear_weight` + `mkldnn._linear_pointwise`); compiling the decode step
-instead was slower here (a compiled step of the same model: 7.3 ms at 32 rows and 5.8 ms
-at 1 row, against 7.6 and 3.0 ms eager), and weights change every step, so a frozen graph
-would recompile each time. Packing costs ~0.5 ms a weight, once per rollout.
+(`mkldnn._reorder_linear_weight` + `mkldnn._linear_pointwise`). Compiling the decode step
+instead was slower here (a torch.compile'd prototype of the fused step, hidden 256: 7.3 ms
+at 32 rows and 5.8 ms at 1 row, against 7.6 and 3.0 ms for this eager one), and weights
+change every step, so a frozen graph would recompile each time. Packing costs ~0.5 ms a
+weight, once per rollout.
 """
 from __future__ import annotations
 
