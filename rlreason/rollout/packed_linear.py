@@ -15,15 +15,18 @@ microseconds a call (benchmarks/results/decode_linear_cpu.json):
 
 Whole rollouts of benchmarks/grpo_step_cpu.py's step, packing off and on in turn: 0.53 vs
 0.48 s for its model (hidden 256; paired ratio 0.88), 5.66 vs 3.75 s for `--size large`
-(hidden 768; 0.72). Below ~128K weights oneDNN's fixed cost per call loses, so small
-weights keep F.linear: the quickstart's model (hidden 128) decodes as before, bit for bit.
+(hidden 768; 0.72). Below 2^17 weight elements oneDNN's fixed cost per call loses, so
+small weights keep F.linear: the quickstart's model (hidden 128) decodes as before, bit
+for bit. Above it MKL still wins for a single row (h 256: 106 vs 127 us), the late steps
+of a rollout when one sample is left; over a rollout packing wins (above).
 
-This is the packing torch's inductor applies to frozen CPU linears
-(`mkldnn._reorder_linear_weight` + `mkldnn._linear_pointwise`). Compiling the decode step
-instead was slower here (a torch.compile'd prototype of the fused step, hidden 256: 7.3 ms
-at 32 rows and 5.8 ms at 1 row, against 7.6 and 3.0 ms for this eager one), and weights
-change every step, so a frozen graph would recompile each time. Packing costs ~0.5 ms a
-weight, once per rollout.
+The ops are torch's own (`mkldnn._reorder_linear_weight`, `mkldnn._linear_pointwise`, which
+inductor uses for its packed linears in some configurations; for float32 at a fixed batch it
+packs for MKL instead, `mkl._mkl_linear`, which measured slower than oneDNN here: 524 vs
+271 us for 32 rows x [1536, 256]). Compiling the decode step instead was slower (a
+torch.compile'd prototype of the fused step, hidden 256: 7.3 ms at 32 rows and 5.8 ms at
+1 row, against 7.6 and 3.0 ms for this eager one), and weights change every step, so a
+frozen graph would recompile each time. Packing costs ~0.5 ms a weight, once per rollout.
 """
 from __future__ import annotations
 
@@ -35,18 +38,23 @@ PACK_MIN_NUMEL = 1 << 17
 
 
 def onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """This torch has oneDNN, it is not switched off (torch.backends.mkldnn.enabled), and it
+    has the two ops."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 class PackedLinear:
     """y = x W^T + b, plus `residual` when given (fused into the matmul's output)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, rows_hint: int | None = None):
-        self.weight, self.bias = weight.contiguous(), bias
-        self.packed = None
+        self.weight, self.bias, self.packed = weight, bias, None
         if (weight.device.type == "cpu" and weight.dtype == torch.float32
                 and weight.numel() >= PACK_MIN_NUMEL and onednn_available()):
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, rows_hint)
+            # a copy in oneDNN's layout; the plain weight is not held (no second copy)
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows_hint)
+            self.weight = None
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self.packed is None:

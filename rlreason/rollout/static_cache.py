@@ -212,7 +212,8 @@ class StaticCacheDecoder:
     [B, max_len] marks which columns hold real (non-padding) tokens.
     """
 
-    def __init__(self, model, batch: int, max_len: int):
+    def __init__(self, model, batch: int, max_len: int, rows_hint: int | None = None):
+        """`rows_hint`: the rows a decode step will have (default `batch`), for packing."""
         base = _base(model)
         self.inner, self.lm_head = base.model, base.lm_head
         first = self.inner.layers[0].self_attn
@@ -232,11 +233,12 @@ class StaticCacheDecoder:
         all_pos = torch.arange(max_len, device=p.device)[None]
         cos, sin = self.inner.rotary_emb(torch.zeros(1, dtype=p.dtype, device=p.device), all_pos)
         self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
-        self.fused = FusedLayers(base, self.head_dim, self.cos, self.sin, batch) \
+        self.fused = FusedLayers(base, self.head_dim, self.cos, self.sin, rows_hint or batch) \
             if FusedLayers.eligible(base, self.cos) else None
 
     def keep_rows(self, rows: torch.Tensor) -> None:
-        """Drop finished rows from the cache (rows: indices into the current batch)."""
+        """Keep these rows of the cache, in this order (indices into the current batch): drops
+        finished rows, and with repeated indices copies a row (a shared prefill's samples)."""
         self.k = [t[rows] for t in self.k]
         self.v = [t[rows] for t in self.v]
         self.valid = self.valid[rows]
