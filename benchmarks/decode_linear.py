@@ -18,6 +18,7 @@ usage: python benchmarks/decode_linear.py --out benchmarks/results/decode_linear
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -30,6 +31,17 @@ import torch.nn.functional as F  # noqa: E402
 from machine import machine_info  # noqa: E402
 
 from rlreason.rollout import packed_linear  # noqa: E402
+
+
+@contextlib.contextmanager
+def pack_threshold(numel: int):
+    """packed_linear.PACK_MIN_NUMEL set to `numel` for the block."""
+    default = packed_linear.PACK_MIN_NUMEL
+    packed_linear.PACK_MIN_NUMEL = numel
+    try:
+        yield
+    finally:
+        packed_linear.PACK_MIN_NUMEL = default
 
 
 def median_us(fn, reps: int) -> float:
@@ -49,18 +61,13 @@ def linears(reps: int) -> list[dict]:
         weights = [torch.randn(3 * h, h) for _ in range(16)]
         for rows in (1, 8, 32):
             x = torch.randn(rows, h)
-            packed = [packed_linear.PackedLinear(w, rows_hint=rows) for w in weights]
-            forced = packed_linear.PACK_MIN_NUMEL
-            packed_linear.PACK_MIN_NUMEL = 0
-            try:
+            with pack_threshold(0):  # every weight packed, whatever its size
                 onednn = [packed_linear.PackedLinear(w, rows_hint=rows) for w in weights]
-            finally:
-                packed_linear.PACK_MIN_NUMEL = forced
             mkl = median_us(lambda x=x, ws=weights: [F.linear(x, w) for w in ws], reps) / 16
             dnn = median_us(lambda x=x, ps=onednn: [p(x) for p in ps], reps) / 16
             out.append({"hidden": h, "weight": [3 * h, h], "weight_numel": 3 * h * h, "rows": rows,
                         "mkl_us": round(mkl, 1), "onednn_packed_us": round(dnn, 1),
-                        "packed_by_default": packed[0].packed is not None})
+                        "packed_by_default": packed_linear.PackedLinear(weights[0]).packed is not None})
             print(out[-1], file=sys.stderr)
     return out
 
@@ -83,17 +90,14 @@ def decode(size: str, reps: int) -> dict:
     prompts = [tok(r["prompt"])["input_ids"] for r in bench.make_rows()[: bench.PROMPTS_PER_STEP]]
     sp = SamplingParams(max_tokens=bench.SIZES[size]["max_completion_length"], temperature=1.0, top_p=1.0, seed=0)
     engine = HFEngine(model, tok, seed=0)
-    default = packed_linear.PACK_MIN_NUMEL
+    thresholds = {"packed": packed_linear.PACK_MIN_NUMEL, "mkl": 1 << 62}  # the default; none packed
     times: dict[str, list[float]] = {"mkl": [], "packed": []}
-    try:
-        for i in range(reps + 1):  # the first pair warms up
-            for mode in (("packed", "mkl") if i % 2 == 0 else ("mkl", "packed")):
-                packed_linear.PACK_MIN_NUMEL = default if mode == "packed" else 1 << 62
+    for i in range(reps + 1):  # the first pair warms up
+        for mode in (("packed", "mkl") if i % 2 == 0 else ("mkl", "packed")):
+            with pack_threshold(thresholds[mode]):
                 t0 = time.perf_counter()
                 engine.generate(prompts, bench.NUM_GENERATIONS, sp)
                 times[mode].append(time.perf_counter() - t0)
-    finally:
-        packed_linear.PACK_MIN_NUMEL = default
     paired = [p / m for p, m in zip(times["packed"][1:], times["mkl"][1:])]
     out = {"model": {k: v for k, v in bench.SIZES[size].items() if k != "min_completion_length"},
            "rollout": f"{bench.PROMPTS_PER_STEP} prompts x {bench.NUM_GENERATIONS}, seeded",

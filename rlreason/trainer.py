@@ -423,8 +423,7 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
         metrics = rl_step(run)
         run.step += 1
         row: dict[str, Any] = {"step": run.step, **metrics}
-        if cfg.eval.every_steps and run.step % cfg.eval.every_steps == 0 \
-                or run.step == t.max_steps:
+        if cfg.eval.every_steps and run.step % cfg.eval.every_steps == 0 or run.step == t.max_steps:
             row.update(evaluate(run))
         run.logger.log(row)
         last = row
@@ -432,11 +431,12 @@ def train(cfg: RecipeConfig, log: Callable[[str], None] = print,
             save(run)
         if stop_after is not None and run.step >= stop_after:
             break
-    if stop_after is None or run.step < stop_after:
+    stopped = stop_after is not None and run.step >= stop_after
+    if not stopped:
         save(run)  # with async rollouts, before close: its cursor is the oldest untrained batch's
     if run.rollouts is not None:
         run.rollouts.close()  # batches asked for and not trained are dropped: a resume redraws them
-    if stop_after is not None and run.step >= stop_after:
+    if stopped:
         finish_trackers(run.accelerator)
         return last
     final = out / "final"

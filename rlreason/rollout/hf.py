@@ -147,12 +147,11 @@ class HFEngine:
         if self.static_cache and static_cache.supports(self.model, max_len):
             # a prompt's G samples share its prefill: each distinct prompt is run once and
             # its K/V rows copied to its samples (vLLM shares the cached blocks instead)
-            B = ids.size(0)
-            uniq, copies = torch.unique(torch.cat([ids, mask], dim=1), dim=0, return_inverse=True)
+            B, P = ids.shape
+            uniq, copies = torch.unique(torch.cat([ids, mask, pos], dim=1), dim=0, return_inverse=True)
             shared = uniq.size(0) < B
-            if shared:  # positions follow from the left-padding mask, as _decode builds them
-                ids, mask = uniq[:, : ids.size(1)], uniq[:, ids.size(1) :]
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            if shared:
+                ids, mask, pos = uniq.split(P, dim=1)
             dec = static_cache.StaticCacheDecoder(self.model, ids.size(0), max_len, rows_hint=B)
             first = dec.forward(ids, pos, mask.bool())
             if shared:

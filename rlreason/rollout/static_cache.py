@@ -120,10 +120,10 @@ class FusedLayers:
       (0, D/2, 1, D/2+1, ...), which turns the half-split rotary embedding into one complex
       multiply; q.k is unchanged since q and k get the same order (v keeps its own).
     * gate and up are one matmul; the residual adds ride on the o and down matmuls.
-    * Large weights are packed for oneDNN once (packed_linear.py); `batch` is the rows hint.
+    * Large weights are packed for oneDNN once (packed_linear.py), for `rows_hint` rows.
     """
 
-    def __init__(self, base, head_dim: int, cos: torch.Tensor, sin: torch.Tensor, batch: int | None = None):
+    def __init__(self, base, head_dim: int, cos: torch.Tensor, sin: torch.Tensor, rows_hint: int | None = None):
         inner, cfg, D = base.model, base.config, head_dim
         self.nq, self.nkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, D
         perm = torch.arange(D, device=cos.device).view(2, D // 2).t().reshape(-1)
@@ -142,13 +142,13 @@ class FusedLayers:
             if bq is not None:
                 bias = torch.cat([rows(bq[:, None], self.nq)[:, 0], rows(bk[:, None], self.nkv)[:, 0], bv])
             self.layers.append(dict(
-                qkv=PackedLinear(qkv, bias, batch), o=PackedLinear(wo, None, batch),
-                gate_up=PackedLinear(torch.cat([wg, wu]) * layer.post_attention_layernorm.weight, None, batch),
-                inter=wg.size(0), down=PackedLinear(wd, None, batch),
+                qkv=PackedLinear(qkv, bias, rows_hint), o=PackedLinear(wo, None, rows_hint),
+                gate_up=PackedLinear(torch.cat([wg, wu]) * layer.post_attention_layernorm.weight, None, rows_hint),
+                inter=wg.size(0), down=PackedLinear(wd, None, rows_hint),
                 eps_in=torch.tensor(layer.input_layernorm.variance_epsilon, device=cos.device),
                 eps_post=torch.tensor(layer.post_attention_layernorm.variance_epsilon, device=cos.device),
                 scaling=a.scaling))
-        self.lm_head = PackedLinear(_effective_linear(base.lm_head)[0] * inner.norm.weight, None, batch)
+        self.lm_head = PackedLinear(_effective_linear(base.lm_head)[0] * inner.norm.weight, None, rows_hint)
         self.eps_final = torch.tensor(inner.norm.variance_epsilon, device=cos.device)
         self.freqs = torch.complex(cos[:, : D // 2], sin[:, : D // 2])  # [max_len, D/2]
 
