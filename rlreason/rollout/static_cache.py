@@ -123,27 +123,39 @@ class FusedLayers:
     * Large weights are packed for oneDNN once (packed_linear.py), for `rows_hint` rows.
     """
 
+    @torch.no_grad()  # a per-rollout copy of the weights, not part of any graph
     def __init__(self, base, head_dim: int, cos: torch.Tensor, sin: torch.Tensor, rows_hint: int | None = None):
         inner, cfg, D = base.model, base.config, head_dim
-        self.nq, self.nkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, D
-        perm = torch.arange(D, device=cos.device).view(2, D // 2).t().reshape(-1)
+        nq, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.nq, self.nkv, self.D = nq, nkv, D
+        nqk = (nq + nkv) * D
 
-        def rows(t: torch.Tensor, n: int) -> torch.Tensor:  # reorder within each head
-            return t.reshape(n, D, -1)[:, perm].reshape(n * D, *t.shape[1:])
+        def pairs(t: torch.Tensor, n: int) -> torch.Tensor:
+            """View of t [n*D, ...] with each head's rows in the order (0, D/2, 1, D/2+1, ...)."""
+            return t.view(n, 2, D // 2, *t.shape[1:]).transpose(1, 2)
 
+        # each fused weight is written once, reordered and scaled in one pass (was index,
+        # cat, mul: 10.6 -> 5.8 ms a rollout at hidden 256, 4 layers, before packing; same values)
         self.layers = []
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
             (wq, bq), (wk, bk), (wv, bv), (wo, _) = (_effective_linear(x) for x in (
                 a.q_proj, a.k_proj, a.v_proj, a.o_proj))
             (wg, _), (wu, _), (wd, _) = (_effective_linear(x) for x in (m.gate_proj, m.up_proj, m.down_proj))
-            qkv = torch.cat([rows(wq, self.nq), rows(wk, self.nkv), wv]) * layer.input_layernorm.weight
+            w_in, hid = layer.input_layernorm.weight, wq.size(1)
+            qkv = wq.new_empty(nqk + wv.size(0), hid)
+            torch.mul(pairs(wq, nq), w_in, out=qkv[: nq * D].view(nq, D // 2, 2, hid))
+            torch.mul(pairs(wk, nkv), w_in, out=qkv[nq * D : nqk].view(nkv, D // 2, 2, hid))
+            torch.mul(wv, w_in, out=qkv[nqk:])
             bias = None
             if bq is not None:
-                bias = torch.cat([rows(bq[:, None], self.nq)[:, 0], rows(bk[:, None], self.nkv)[:, 0], bv])
+                bias = torch.cat([pairs(bq, nq).reshape(-1), pairs(bk, nkv).reshape(-1), bv])
+            gate_up = wg.new_empty(2 * wg.size(0), hid)
+            torch.mul(wg, layer.post_attention_layernorm.weight, out=gate_up[: wg.size(0)])
+            torch.mul(wu, layer.post_attention_layernorm.weight, out=gate_up[wg.size(0) :])
             self.layers.append(dict(
                 qkv=PackedLinear(qkv, bias, rows_hint), o=PackedLinear(wo, None, rows_hint),
-                gate_up=PackedLinear(torch.cat([wg, wu]) * layer.post_attention_layernorm.weight, None, rows_hint),
+                gate_up=PackedLinear(gate_up, None, rows_hint),
                 inter=wg.size(0), down=PackedLinear(wd, None, rows_hint),
                 eps_in=torch.tensor(layer.input_layernorm.variance_epsilon, device=cos.device),
                 eps_post=torch.tensor(layer.post_attention_layernorm.variance_epsilon, device=cos.device),
@@ -239,12 +251,14 @@ class StaticCacheDecoder:
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep these rows of the cache, in this order (indices into the current batch): drops
         finished rows, and with repeated indices copies a row (a shared prefill's samples)."""
-        self.k = [t[rows] for t in self.k]
-        self.v = [t[rows] for t in self.v]
-        self.valid = self.valid[rows]
+        # index_select, not t[rows]: advanced indexing copies element by element, ~8x slower
+        # here (a [8, 4, 70, 64] cache to 32 rows: 649 vs 76 us, 32 -> 16 rows: 286 vs 45 us)
+        self.k = [t.index_select(0, rows) for t in self.k]
+        self.v = [t.index_select(0, rows) for t in self.v]
+        self.valid = self.valid.index_select(0, rows)
         if self.bias is not None:  # rows of the additive mask come in blocks of H heads
             H = self.heads
-            self.bias = self.bias.view(-1, H, *self.bias.shape[1:])[rows].flatten(0, 1)
+            self.bias = self.bias.view(-1, H, *self.bias.shape[1:]).index_select(0, rows).flatten(0, 1)
 
     def _attend(self, q, k, v, mask, bias, scale):
         """Attention of q [B,H,L,D] over the cache. One query per row (decode) is done with
