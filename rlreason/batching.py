@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from . import flat_attention
 from .algos.token_logprobs import token_logprobs
 
 PACKABLE_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3")
@@ -134,7 +135,7 @@ def _packed(seqs: list[Sequence], pad_id: int, device, T: int, attn_impl: str,
     pos = torch.zeros((len(rows), C), dtype=torch.long)
     uid = torch.full((len(rows), C), -1, dtype=torch.long)  # unit of each column
     mid = torch.full((len(rows), C), -1, dtype=torch.long)  # sequence of each completion column
-    src_r, src_c, dst_b, dst_t, targets = [], [], [], [], []
+    src_r, src_c, dst_b, dst_t, targets, used = [], [], [], [], [], []
     for r, members in enumerate(rows):
         col = 0
         for u in members:
@@ -160,11 +161,14 @@ def _packed(seqs: list[Sequence], pad_id: int, device, T: int, attn_impl: str,
                 targets += comp
                 col += c
         pos[r, col:] = torch.arange(C - col)  # the tail is its own (ignored) segment
+        used.append(col)
+    src = torch.tensor(src_r, dtype=torch.long) * C + torch.tensor(src_c, dtype=torch.long)
     batch: dict[str, Any] = {
         "input_ids": ids.to(device), "position_ids": pos.to(device),
         "completion_mask": _completion_mask(seqs, T).to(device),
-        "gather": tuple(torch.tensor(x, dtype=torch.long, device=device)
-                        for x in (src_r, src_c, dst_b, dst_t, targets)),
+        # src: each completion token's predicting column in the rows flattened (row * C + col)
+        "gather": (src.to(device), *(torch.tensor(x, dtype=torch.long, device=device)
+                                     for x in (dst_b, dst_t, targets))),
     }
     if share:
         # key k is visible to query q: same unit, not in the future, and either a prompt
@@ -174,19 +178,38 @@ def _packed(seqs: list[Sequence], pad_id: int, device, T: int, attn_impl: str,
         own = (mid[:, None, :] == -1) | (mid[:, None, :] == mid[:, :, None])
         mask = (same_unit & own & causal) | torch.eye(C, dtype=torch.bool)
         batch["attention_mask"] = mask[:, None].to(device)
+        # the same rows without their padding tails, as one flat row (flat_attention.py)
+        rows = torch.cat([torch.arange(r * C, r * C + n) for r, n in enumerate(used)])
+        at = torch.full((len(rows) * C,), -1, dtype=torch.long)
+        at[rows] = torch.arange(rows.numel())
+        batch["flat"] = {"input_ids": ids.view(-1)[rows][None].to(device),
+                         "position_ids": pos.view(-1)[rows][None].to(device),
+                         "rows": rows.to(device), "shape": (len(used), C), "src": at[src].to(device)}
     else:  # flash-attention: transformers splits sequences where position ids reset
         batch["attention_mask"] = None
     return batch
+
+
+def _packed_logits(model, batch: dict[str, Any]) -> torch.Tensor:
+    """Logits [N, V] at the completion positions of a packed batch: from its flat row where
+    the model can take one (flat_attention.py), else from its rows."""
+    flat = batch.get("flat")
+    if flat is not None and flat_attention.usable(model):
+        with flat_attention.flat_attention(model):
+            logits = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"],
+                           attention_mask=batch["attention_mask"], use_cache=False,
+                           rlreason_rows=flat["rows"], rlreason_shape=flat["shape"]).logits
+        return logits[0, flat["src"]]
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                   attention_mask=batch["attention_mask"], use_cache=False).logits
+    return logits.flatten(0, 1)[batch["gather"][0]]
 
 
 def completion_logits(model, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [N, V], targets [N]) at the N completion positions of a batch, flattened:
     what a token-level supervised loss (SFT, OTR) needs."""
     if "gather" in batch:
-        src_r, src_c, _, _, targets = batch["gather"]
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                       attention_mask=batch["attention_mask"], use_cache=False).logits
-        return logits[src_r, src_c], targets
+        return _packed_logits(model, batch), batch["gather"][3]
     ids, attn, P = batch["input_ids"], batch["attention_mask"], batch["prompt_len"]
     T = ids.size(1) - P
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -201,11 +224,8 @@ def completion_logprobs(model, batch: dict[str, Any], temperature: float,
     """log pi(token) of each completion token under logits / temperature: [B, T]."""
     mask = batch["completion_mask"]
     if "gather" in batch:
-        src_r, src_c, dst_b, dst_t, targets = batch["gather"]
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                       attention_mask=batch["attention_mask"], use_cache=False).logits
-        picked = logits[src_r, src_c]  # completion positions only
-        del logits  # the full [rows, length, vocab] output is not needed past this point
+        _, dst_b, dst_t, targets = batch["gather"]
+        picked = _packed_logits(model, batch)  # completion positions only
         flat_lp, flat_ent = token_logprobs(picked, targets, temperature, with_entropy)
         logp = flat_lp.new_zeros(mask.shape).index_put((dst_b, dst_t), flat_lp)
         entropy = None

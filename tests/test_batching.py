@@ -76,3 +76,43 @@ def test_completions_of_one_prompt_share_it_when_packed(model):
     assert torch.allclose(a * m, b * m, atol=1e-5)
     mbs = micro_batches(seqs, 8, group_size=4)
     assert all(len({tuple(s.prompt) for s in mb}) == len(mb) // 4 for mb in mbs)
+
+
+def test_flat_row_scores_and_trains_as_the_padded_rows(model):
+    """With shared prompts the packed batch also holds its real tokens as one flat row
+    (flat_attention.py): the model runs on it, not on the padded rows, with the same
+    log-probs and gradients; its attention setting is restored after; under gradient
+    checkpointing the rows are used."""
+    base = _seqs(4, seed=3)
+    rng = random.Random(7)
+    seqs = [Sequence(prompt=s.prompt, completion=[rng.randint(4, 90) for _ in range(rng.randint(1, 9))],
+                     advantage=0.0, truncated=False) for s in base for _ in range(4)]
+    batch = collate(seqs, 0, "cpu", pack=True, share_prompts=True)
+    n_flat = batch["flat"]["input_ids"].size(1)
+    assert n_flat < batch["input_ids"].numel()  # the rows end in padding; the flat row does not
+    shapes = []
+    hook = model.model.embed_tokens.register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape)))
+    params = [model.model.layers[0].self_attn.q_proj.weight, model.model.layers[1].mlp.down_proj.weight,
+              model.model.embed_tokens.weight]
+    results = []
+    try:
+        for variant in ("rows", "flat", "checkpointing"):
+            b = {k: v for k, v in batch.items() if k != "flat" or variant != "rows"}
+            if variant == "checkpointing":
+                model.gradient_checkpointing_enable()
+            model.zero_grad()
+            logp, _ = completion_logprobs(model, b, 0.9)
+            (logp * b["completion_mask"]).sum().backward()
+            model.gradient_checkpointing_disable()
+            results.append((logp.detach(), [p.grad.clone() for p in params]))
+    finally:
+        hook.remove()
+        model.gradient_checkpointing_disable()
+    assert shapes == [tuple(batch["input_ids"].shape), (1, n_flat), tuple(batch["input_ids"].shape)]
+    assert model.config._attn_implementation == "sdpa"
+    (lp0, g0), (lp1, g1), (lp2, g2) = results
+    m = batch["completion_mask"]
+    assert torch.allclose(lp0 * m, lp1 * m, atol=1e-6) and torch.allclose(lp0 * m, lp2 * m, atol=1e-6)
+    for a, b, c in zip(g0, g1, g2):
+        assert a.abs().sum() > 0
+        assert torch.allclose(a, b, atol=1e-6) and torch.allclose(a, c, atol=1e-6)

@@ -217,5 +217,5 @@ def test_guided_training_masks_hints_and_logs_guidance(tiny_recipe, tmp_path, tr
 
     batch = collate(seen[0], 0, "cpu", pack=True)
     assert int(batch["completion_mask"].sum()) == sum(len(s.completion) for s in seen[0])
-    targets = sorted(batch["gather"][4].tolist())  # the tokens the loss is computed on
+    targets = sorted(batch["gather"][3].tolist())  # the tokens the loss is computed on
     assert targets == sorted(t for s in seen[0] for t in s.completion)
