@@ -216,6 +216,31 @@ class FusedLayers:
         last = h.view(B, L, hid)[:, -1]
         return self.lm_head(_unit_rms(last, self.eps_final))
 
+    def step(self, dec: StaticCacheDecoder, h: torch.Tensor, pos: torch.Tensor, c0: int,
+             bias: torch.Tensor) -> torch.Tensor:
+        """`run` for one decode position (L = 1, no grouped KV heads): the same kernels on the
+        same values, with fewer view ops and Python calls between them, which at these sizes
+        are a good part of a step. h [B, 1, hidden] -> logits [B, V]."""
+        B = h.size(0)
+        nq, nkv, D = self.nq, self.nkv, self.D
+        nqk, c1 = (nq + nkv) * D, c0 + 1
+        fr = self.freqs[pos.view(-1)].unsqueeze(1)  # [B, 1, D/2]
+        h = h.view(B, -1)
+        for K, V, f in zip(dec.k, dec.v, self.layers):
+            qkv = f["qkv"](_unit_rms(h, f["eps_in"]))  # [B, (nq + 2 nkv) D]
+            pairs = torch.view_as_complex(qkv[:, :nqk].view(B, nq + nkv, D // 2, 2))
+            qk = torch.view_as_real(pairs * fr).view(B, nq + nkv, D)  # rotated q and k
+            K[:, :, c0] = qk[:, nq:]
+            V[:, :, c0] = qkv[:, nqk:].view(B, nkv, D)
+            scores = torch.baddbmm(bias, qk[:, :nq].reshape(B * nq, 1, D),
+                                   K[:, :, :c1].flatten(0, 1).transpose(1, 2), alpha=f["scaling"])
+            o = torch.bmm(torch.softmax(scores, dim=-1), V[:, :, :c1].flatten(0, 1))  # [B nq, 1, D]
+            h = f["o"](o.view(B, nq * D), residual=h)
+            gu = f["gate_up"](_unit_rms(h, f["eps_post"]))
+            n = f["inter"]
+            h = f["down"](F.silu(gu[:, :n]) * gu[:, n:], residual=h)
+        return self.lm_head(_unit_rms(h, self.eps_final))
+
 
 class StaticCacheDecoder:
     """Holds K/V of every layer as [B, kv_heads, max_len, head_dim] buffers.
@@ -312,6 +337,8 @@ class StaticCacheDecoder:
         h = self.inner.embed_tokens(ids)
         self.col = c1
         if self.fused is not None:
+            if L == 1 and not self.gqa:
+                return self.fused.step(self, h, pos, c0, bias)
             return self.fused.run(self, h, pos, c0, c1, mask, bias)
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [B, 1, L, head_dim]
         for i, layer in enumerate(self.inner.layers):
