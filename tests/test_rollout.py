@@ -107,6 +107,47 @@ def test_rows_leaving_the_cache_early_do_not_change_the_others(kind, linears):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
 
 
+def test_kv_storage_is_reused_across_rollouts_without_leaking_between_them():
+    """On CPU the engine keeps the decode's K/V buffers for the next rollout (kv_buffers.py):
+    a rollout after others, whose stale values still fill the buffers, equals the same
+    rollout on a fresh engine, bit for bit."""
+    model, tok = _model("llama")
+    sp = SamplingParams(temperature=1.0, max_tokens=12, seed=3, stop_token_ids=tuple(range(40, 60)))
+    target = [tok(p, add_special_tokens=False)["input_ids"] for p in ["12+3=", "4+56="]]
+    other = [tok(p, add_special_tokens=False)["input_ids"] for p in ["987+65=", "1="]]
+    fresh = HFEngine(model, tok, seed=0).generate(target, 4, sp)
+    eng = HFEngine(model, tok, seed=0)
+    eng.generate(other, 4, sp)
+    buffers = eng._kv_buffers
+    assert buffers is not None
+    again = eng.generate(target, 4, sp)
+    assert eng._kv_buffers is buffers  # same size (lengths round up to 16 columns): reused
+    assert [[(c.token_ids, c.logprobs) for c in g] for g in again] == \
+        [[(c.token_ids, c.logprobs) for c in g] for g in fresh]
+    eng.sleep()
+    assert eng._kv_buffers is None
+
+
+@pytest.mark.parametrize("cols", [3, 40])
+def test_kv_buffers_copy_rows_in_order_with_repeats(cols):
+    """The row copy of a compaction or a shared prefill: rows in the given order, repeats
+    allowed, the written columns exact (the few-columns path and the whole-rows one)."""
+    from rlreason.rollout.kv_buffers import KVBuffers
+
+    buf = KVBuffers(2, (6, 2, 48, 4), torch.float32, "cpu")
+    ks, vs = buf.views(4)
+    for t in ks + vs:
+        t.copy_(torch.randn_like(t))
+    before = [t.clone() for t in ks + vs]
+    rows = torch.tensor([3, 3, 0, 2, 1, 0])
+    buf.copy_rows(4, rows, cols)
+    ks, vs = buf.views(6)
+    for old, new in zip(before, ks + vs):
+        assert torch.equal(new[:, :, :cols], old[rows][:, :, :cols])
+    with pytest.raises(ValueError, match="do not fit"):
+        buf.copy_rows(6, torch.arange(7) % 6, cols)
+
+
 def test_a_packed_linear_computes_what_f_linear_does(monkeypatch):
     """With or without bias and residual, for row counts other than the packing hint and
     for 3-d inputs; below the threshold it is F.linear / addmm exactly."""

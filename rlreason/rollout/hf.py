@@ -81,6 +81,7 @@ class HFEngine:
         self.device = next(model.parameters()).device
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
+        self._kv_buffers = None  # the static-cache decode's K/V storage, reused on CPU
 
     # ------------------------------------------------------------ protocol
     def generate(self, prompt_token_ids: list[list[int]], n: int,
@@ -125,8 +126,8 @@ class HFEngine:
         if getattr(result, "unexpected_keys", None):
             raise KeyError(f"load_adapter: the engine's model has no LoRA weights {result.unexpected_keys[:3]}")
 
-    def sleep(self) -> None:  # nothing to free: the module is the trainer's own
-        pass
+    def sleep(self) -> None:  # the module is the trainer's own: only the K/V storage to free
+        self._kv_buffers = None
 
     def wake(self) -> None:
         pass
@@ -152,7 +153,10 @@ class HFEngine:
             shared = uniq.size(0) < B
             if shared:
                 ids, mask, pos = uniq.split(P, dim=1)
-            dec = static_cache.StaticCacheDecoder(self.model, ids.size(0), max_len, rows_hint=B)
+            dec = static_cache.StaticCacheDecoder(self.model, ids.size(0), max_len, rows_hint=B,
+                                                  buffers=self._kv_buffers)
+            if self.device.type == "cpu":  # kept for the next rollout (kv_buffers.py); on GPUs
+                self._kv_buffers = dec.buffers  # the caching allocator reuses memory already
             first = dec.forward(ids, pos, mask.bool())
             if shared:
                 dec.keep_rows(copies)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .kv_buffers import COLUMN_ROUND, KVBuffers
 from .packed_linear import PackedLinear
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
@@ -249,8 +250,11 @@ class StaticCacheDecoder:
     [B, max_len] marks which columns hold real (non-padding) tokens.
     """
 
-    def __init__(self, model, batch: int, max_len: int, rows_hint: int | None = None):
-        """`rows_hint`: the rows a decode step will have (default `batch`), for packing."""
+    def __init__(self, model, batch: int, max_len: int, rows_hint: int | None = None,
+                 buffers: KVBuffers | None = None):
+        """`rows_hint`: the rows a decode step will have (default `batch`; a shared prefill
+        runs fewer), for packing and the cache's size. `buffers`: K/V storage of an earlier
+        rollout, used again if it has the size this one needs (see `self.buffers`)."""
         base = _base(model)
         self.inner, self.lm_head = base.model, base.lm_head
         first = self.inner.layers[0].self_attn
@@ -258,9 +262,13 @@ class StaticCacheDecoder:
         self.heads = base.config.num_attention_heads
         p = next(base.parameters())
         kv = base.config.num_key_value_heads
-        self.k = [torch.zeros(batch, kv, max_len, self.head_dim, dtype=p.dtype, device=p.device)
-                  for _ in self.inner.layers]
-        self.v = [torch.zeros_like(t) for t in self.k]
+        max_len = -(-max_len // COLUMN_ROUND) * COLUMN_ROUND
+        n_layers, shape = len(self.inner.layers), (max(batch, rows_hint or 0), kv, max_len, self.head_dim)
+        if buffers is None or not buffers.fits(n_layers, shape, p.dtype, p.device):
+            buffers = KVBuffers(n_layers, shape, p.dtype, p.device)
+        # every column a step reads was written before by this rollout, so no zeroing
+        self.buffers = buffers
+        self.k, self.v = buffers.views(batch)
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=p.device)
         self.gqa = kv != self.heads
         self.col = 0
@@ -277,9 +285,10 @@ class StaticCacheDecoder:
         """Keep these rows of the cache, in this order (indices into the current batch): drops
         finished rows, and with repeated indices copies a row (a shared prefill's samples)."""
         # index_select, not t[rows]: advanced indexing copies element by element, ~8x slower
-        # here (a [8, 4, 70, 64] cache to 32 rows: 649 vs 76 us, 32 -> 16 rows: 286 vs 45 us)
-        self.k = [t.index_select(0, rows) for t in self.k]
-        self.v = [t.index_select(0, rows) for t in self.v]
+        # here (a [8, 4, 70, 64] cache to 32 rows: 649 vs 76 us, 32 -> 16 rows: 286 vs 45 us);
+        # into the spare buffers (kv_buffers.py), no allocation
+        self.buffers.copy_rows(self.k[0].size(0), rows, self.col)
+        self.k, self.v = self.buffers.views(rows.numel())
         self.valid = self.valid.index_select(0, rows)
         if self.bias is not None:  # rows of the additive mask come in blocks of H heads
             H = self.heads
