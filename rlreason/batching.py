@@ -1,6 +1,6 @@
 """How sampled sequences become training tensors, and their completion log-probs.
 
-Two layouts, same result (tests check they agree):
+Three layouts, same result (tests check they agree):
   * padded: prompts left-padded, completions right-padded, one sequence per row, so all
     completions start at one column. Works with every attention implementation.
   * packed: several sequences share a row, each attending only to its own tokens (a
@@ -9,6 +9,11 @@ Two layouts, same result (tests check they agree):
     length, so padding wastes much of the compute; packing spends it on real tokens only
     (on benchmarks/grpo_step_cpu.py the training forward+backward went from 263 ms to
     about 150 ms per step).
+  * flat (with shared prompts, sdpa): the packed rows' real tokens as one row, the padding
+    at the rows' ends dropped; only attention regroups them into the rows
+    (flat_attention.py). Rows there are ~90% full, so the linears, norms and activations
+    do ~10% less work: forward+backward 391 -> 361 ms and 352 -> 331 ms on two batches of
+    that benchmark, the same log-probs, gradients within 1.5e-7.
 """
 from __future__ import annotations
 
