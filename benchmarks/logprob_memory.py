@@ -42,6 +42,7 @@ def measure(variant: str, layout: str, vocab: int, seqs: int, temperature: float
                   for _ in range(seqs)]
     batch = collate(batch_seqs, 0, "cpu", pack=layout == "packed", attn_implementation="sdpa",
                     share_prompts=True)
+    batch.pop("flat", None)  # both variants on the packed rows: this compares the log-prob op only
     mask = batch["completion_mask"]
     gc.collect()
     start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -50,9 +51,9 @@ def measure(variant: str, layout: str, vocab: int, seqs: int, temperature: float
         entropy = entropy * mask
     else:  # the plain expression, on the same completion positions
         if "gather" in batch:
-            src_r, src_c, dst_b, dst_t, targets = batch["gather"]
+            src, dst_b, dst_t, targets = batch["gather"]
             logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                           attention_mask=batch["attention_mask"], use_cache=False).logits[src_r, src_c]
+                           attention_mask=batch["attention_mask"], use_cache=False).logits.flatten(0, 1)[src]
         else:
             ids, P = batch["input_ids"], batch["prompt_len"]
             logits = model(input_ids=ids, attention_mask=batch["attention_mask"],

@@ -184,12 +184,12 @@ def _packed(seqs: list[Sequence], pad_id: int, device, T: int, attn_impl: str,
         mask = (same_unit & own & causal) | torch.eye(C, dtype=torch.bool)
         batch["attention_mask"] = mask[:, None].to(device)
         # the same rows without their padding tails, as one flat row (flat_attention.py)
-        rows = torch.cat([torch.arange(r * C, r * C + n) for r, n in enumerate(used)])
-        at = torch.full((len(rows) * C,), -1, dtype=torch.long)
-        at[rows] = torch.arange(rows.numel())
-        batch["flat"] = {"input_ids": ids.view(-1)[rows][None].to(device),
-                         "position_ids": pos.view(-1)[rows][None].to(device),
-                         "rows": rows.to(device), "shape": (len(used), C), "src": at[src].to(device)}
+        real = torch.cat([torch.arange(r * C, r * C + n) for r, n in enumerate(used)])
+        at = torch.full((len(used) * C,), -1, dtype=torch.long)  # column -> its flat index
+        at[real] = torch.arange(real.numel())
+        batch["flat"] = {"input_ids": ids.view(-1)[real][None].to(device),
+                         "position_ids": pos.view(-1)[real][None].to(device),
+                         "rows": real.to(device), "shape": (len(used), C), "src": at[src].to(device)}
     else:  # flash-attention: transformers splits sequences where position ids reset
         batch["attention_mask"] = None
     return batch

@@ -45,19 +45,25 @@ AttentionInterface.register(NAME, _attention)
 
 
 def unwrap(model):
-    """The module under DDP / DeepSpeed wrappers (peft models forward attributes themselves)."""
-    while hasattr(model, "module") and not hasattr(model, "config"):
+    """The module under DDP / DeepSpeed wrappers (a DeepSpeed engine has a `config` of its
+    own; peft models forward attributes to the model themselves)."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
     return model
 
 
 def usable(model) -> bool:
-    """The model runs sdpa (what the packed layout's mask is for) without gradient
-    checkpointing (see the module docstring)."""
+    """The model runs sdpa (what the packed layout's mask is for), has one config for all
+    its layers (no sub-configs, whose attention setting the swap would not reach), and
+    recomputes nothing in backward: neither transformers' gradient checkpointing nor
+    torch's checkpoint wrappers (accelerate's FSDP activation checkpointing)."""
     m = unwrap(model)
     cfg = getattr(m, "config", None)
-    return (getattr(cfg, "_attn_implementation", None) == "sdpa"
-            and not getattr(m, "is_gradient_checkpointing", False))
+    if getattr(cfg, "_attn_implementation", None) != "sdpa" or getattr(cfg, "sub_configs", None):
+        return False
+    if getattr(m, "is_gradient_checkpointing", False):
+        return False
+    return not any(hasattr(x, "_checkpoint_wrapped_module") for x in m.modules())
 
 
 @contextmanager

@@ -78,11 +78,19 @@ def test_completions_of_one_prompt_share_it_when_packed(model):
     assert all(len({tuple(s.prompt) for s in mb}) == len(mb) // 4 for mb in mbs)
 
 
-def test_flat_row_scores_and_trains_as_the_padded_rows(model):
+@pytest.mark.parametrize("gqa", [False, True])
+def test_flat_row_scores_and_trains_as_the_padded_rows(model, gqa):
     """With shared prompts the packed batch also holds its real tokens as one flat row
     (flat_attention.py): the model runs on it, not on the padded rows, with the same
-    log-probs and gradients; its attention setting is restored after; under gradient
-    checkpointing the rows are used."""
+    log-probs and gradients (grouped KV heads too); its attention setting is restored
+    after; under gradient checkpointing the rows are used."""
+    if gqa:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=model.config.vocab_size, hidden_size=64,
+                                             intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2))
     base = _seqs(4, seed=3)
     rng = random.Random(7)
     seqs = [Sequence(prompt=s.prompt, completion=[rng.randint(4, 90) for _ in range(rng.randint(1, 9))],
@@ -116,3 +124,35 @@ def test_flat_row_scores_and_trains_as_the_padded_rows(model):
     for a, b, c in zip(g0, g1, g2):
         assert a.abs().sum() > 0
         assert torch.allclose(a, b, atol=1e-6) and torch.allclose(a, c, atol=1e-6)
+
+
+def test_flat_row_only_where_nothing_is_recomputed_in_backward(model):
+    """The flat forward swaps the attention function for its own span only, so a model
+    that recomputes layers in backward (transformers' gradient checkpointing, torch's
+    checkpoint wrappers as accelerate's FSDP applies them) or is not on sdpa keeps the
+    rows; wrappers (DDP, DeepSpeed: `.module`) are looked through."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    from rlreason import flat_attention
+
+    class Wrapper(torch.nn.Module):  # as DeepSpeed's engine: a config of its own, the model in .module
+        def __init__(self, m):
+            super().__init__()
+            self.module, self.config = m, {"train_batch_size": 8}
+
+    assert flat_attention.usable(model) and flat_attention.usable(Wrapper(model))
+    model.gradient_checkpointing_enable()
+    assert not flat_attention.usable(model)
+    model.gradient_checkpointing_disable()
+    layer = model.model.layers[1]
+    model.model.layers[1] = checkpoint_wrapper(layer)
+    try:
+        assert not flat_attention.usable(model)
+    finally:
+        model.model.layers[1] = layer
+    model.config._attn_implementation = "eager"
+    try:
+        assert not flat_attention.usable(model)
+    finally:
+        model.config._attn_implementation = "sdpa"
+    assert flat_attention.usable(model)

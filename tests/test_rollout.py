@@ -107,25 +107,38 @@ def test_rows_leaving_the_cache_early_do_not_change_the_others(kind, linears):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
 
 
-def test_kv_storage_is_reused_across_rollouts_without_leaking_between_them():
-    """On CPU the engine keeps the decode's K/V buffers for the next rollout (kv_buffers.py):
-    a rollout after others, whose stale values still fill the buffers, equals the same
-    rollout on a fresh engine, bit for bit."""
-    model, tok = _model("llama")
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+def test_kv_storage_is_reused_across_rollouts_without_leaking_between_them(kind, monkeypatch):
+    """On CPU the engine keeps the decode's K/V buffers for the next rollout, through
+    sleep() while small (kv_buffers.py), and never zeroes them: every column a step reads
+    was written earlier by the same rollout. Buffers filled with NaN before a rollout (any
+    stale column read would poison it) give the same rollout as a fresh engine, bit for bit:
+    fused decode (llama), grouped KV heads (qwen2), the unfused path (qwen3)."""
+    from rlreason.rollout import kv_buffers
+
+    model, tok = _model(kind)
     sp = SamplingParams(temperature=1.0, max_tokens=12, seed=3, stop_token_ids=tuple(range(40, 60)))
-    target = [tok(p, add_special_tokens=False)["input_ids"] for p in ["12+3=", "4+56="]]
-    other = [tok(p, add_special_tokens=False)["input_ids"] for p in ["987+65=", "1="]]
+    target = [tok(p, add_special_tokens=False)["input_ids"] for p in ["12+3=", "4+56=", "7"]]
+    other = [tok(p, add_special_tokens=False)["input_ids"] for p in ["987+65=", "1=", "34+5="]]
     fresh = HFEngine(model, tok, seed=0).generate(target, 4, sp)
     eng = HFEngine(model, tok, seed=0)
     eng.generate(other, 4, sp)
+    eng.sleep()
     buffers = eng._kv_buffers
-    assert buffers is not None
+    assert buffers is not None  # small: kept through sleep
+    with torch.inference_mode():  # the engine decodes in inference mode: its tensors are such
+        for t in buffers.front + buffers.back:
+            t.fill_(float("nan"))
+    eng.generate(target, 2, sp)  # fewer rows than the buffers hold: still reused
+    assert eng._kv_buffers is buffers
     again = eng.generate(target, 4, sp)
-    assert eng._kv_buffers is buffers  # same size (lengths round up to 16 columns): reused
+    assert eng._kv_buffers is buffers  # lengths round up to 16 columns: same size
     assert [[(c.token_ids, c.logprobs) for c in g] for g in again] == \
         [[(c.token_ids, c.logprobs) for c in g] for g in fresh]
+    monkeypatch.setattr(kv_buffers, "KEEP_MAX_BYTES", 0)
+    monkeypatch.setattr("rlreason.rollout.hf.KEEP_MAX_BYTES", 0)
     eng.sleep()
-    assert eng._kv_buffers is None
+    assert eng._kv_buffers is None  # large storage goes back while the trainer trains
 
 
 @pytest.mark.parametrize("cols", [3, 40])

@@ -21,6 +21,7 @@ from transformers.cache_utils import DynamicCache
 
 from ..types import Completion, SamplingParams
 from . import static_cache
+from .kv_buffers import KEEP_MAX_BYTES
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
@@ -126,8 +127,11 @@ class HFEngine:
         if getattr(result, "unexpected_keys", None):
             raise KeyError(f"load_adapter: the engine's model has no LoRA weights {result.unexpected_keys[:3]}")
 
-    def sleep(self) -> None:  # the module is the trainer's own: only the K/V storage to free
-        self._kv_buffers = None
+    def sleep(self) -> None:
+        """The module is the trainer's own: only the decode's K/V storage to free, and small
+        storage is kept for the next rollout (kv_buffers.KEEP_MAX_BYTES)."""
+        if self._kv_buffers is not None and self._kv_buffers.nbytes > KEEP_MAX_BYTES:
+            self._kv_buffers = None
 
     def wake(self) -> None:
         pass
@@ -153,6 +157,9 @@ class HFEngine:
             shared = uniq.size(0) < B
             if shared:
                 ids, mask, pos = uniq.split(P, dim=1)
+            spec = static_cache.StaticCacheDecoder.kv_spec(self.model, ids.size(0), max_len, B)
+            if self._kv_buffers is not None and not self._kv_buffers.fits(*spec):
+                self._kv_buffers = None  # freed before the decoder allocates a new pair
             dec = static_cache.StaticCacheDecoder(self.model, ids.size(0), max_len, rows_hint=B,
                                                   buffers=self._kv_buffers)
             if self.device.type == "cpu":  # kept for the next rollout (kv_buffers.py); on GPUs

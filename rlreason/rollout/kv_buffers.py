@@ -6,7 +6,8 @@ come from the OS on each allocation (glibc hands them back on free) and every fi
 of a page faults: ~7,800 minor faults a rollout of benchmarks/grpo_step_cpu.py's step,
 and its row copies took 15-20 ms of a ~0.5 s rollout (2-core AMD EPYC, torch 2.13). Here
 each layer's K and V live in two buffers of the full size, kept across rollouts by the hf
-engine on CPU (vLLM preallocates its KV cache for the same reason); a row copy writes the
+engine on CPU, through training steps too while they are small (KEEP_MAX_BYTES; vLLM
+preallocates its KV cache for the same reason); a row copy writes the
 kept rows from one into the other, and the two swap. The peak is two full caches, about
 what the old path held during its first compaction (the old cache and a 3/4 copy).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 
 COLUMN_ROUND = 16  # lengths round up to this, so rollouts whose prompts differ by a token share buffers
+KEEP_MAX_BYTES = 256 << 20  # kept while the trainer trains (engine.sleep) up to this size
 
 
 class KVBuffers:
@@ -25,9 +27,14 @@ class KVBuffers:
         self.front = [torch.empty(shape, dtype=dtype, device=device) for _ in range(2 * layers)]
         self.back = [torch.empty_like(t) for t in self.front]
 
+    @property
+    def nbytes(self) -> int:
+        return 2 * sum(t.numel() * t.element_size() for t in self.front)
+
     def fits(self, layers: int, shape: tuple[int, int, int, int], dtype, device) -> bool:
-        return (layers, tuple(shape), dtype, torch.device(device)) == (
-            self.layers, self.shape, self.dtype, self.device)
+        """Room for `shape`: as many rows or more, the rest the same."""
+        return (layers, tuple(shape[1:]), dtype, torch.device(device)) == (
+            self.layers, self.shape[1:], self.dtype, self.device) and shape[0] <= self.shape[0]
 
     def views(self, rows: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(K of each layer, V of each layer) for the first `rows` rows of the front buffers."""

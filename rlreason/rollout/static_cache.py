@@ -133,7 +133,7 @@ class FusedLayers:
 
         def pairs(t: torch.Tensor, n: int) -> torch.Tensor:
             """View of t [n*D, ...] with each head's rows in the order (0, D/2, 1, D/2+1, ...)."""
-            return t.view(n, 2, D // 2, *t.shape[1:]).transpose(1, 2)
+            return t.reshape(n, 2, D // 2, *t.shape[1:]).transpose(1, 2)
 
         # each fused weight is written once, reordered and scaled in one pass (was index,
         # cat, mul: 10.6 -> 5.8 ms a rollout at hidden 256, 4 layers, before packing; same values)
@@ -262,10 +262,10 @@ class StaticCacheDecoder:
         self.heads = base.config.num_attention_heads
         p = next(base.parameters())
         kv = base.config.num_key_value_heads
-        max_len = -(-max_len // COLUMN_ROUND) * COLUMN_ROUND
-        n_layers, shape = len(self.inner.layers), (max(batch, rows_hint or 0), kv, max_len, self.head_dim)
-        if buffers is None or not buffers.fits(n_layers, shape, p.dtype, p.device):
-            buffers = KVBuffers(n_layers, shape, p.dtype, p.device)
+        spec = self.kv_spec(model, batch, max_len, rows_hint)
+        max_len = spec[1][2]
+        if buffers is None or not buffers.fits(*spec):
+            buffers = KVBuffers(*spec)
         # every column a step reads was written before by this rollout, so no zeroing
         self.buffers = buffers
         self.k, self.v = buffers.views(batch)
@@ -280,6 +280,16 @@ class StaticCacheDecoder:
         self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
         self.fused = FusedLayers(base, self.head_dim, self.cos, self.sin, rows_hint or batch) \
             if FusedLayers.eligible(base, self.cos) else None
+
+    @staticmethod
+    def kv_spec(model, batch: int, max_len: int, rows_hint: int | None = None):
+        """(layers, [rows, kv_heads, max_len rounded up, head_dim], dtype, device): the K/V
+        storage a decoder of these arguments needs (KVBuffers' arguments)."""
+        base = _base(model)
+        p, cfg = next(base.parameters()), base.config
+        shape = (max(batch, rows_hint or 0), cfg.num_key_value_heads,
+                 -(-max_len // COLUMN_ROUND) * COLUMN_ROUND, base.model.layers[0].self_attn.head_dim)
+        return len(base.model.layers), shape, p.dtype, p.device
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep these rows of the cache, in this order (indices into the current batch): drops
