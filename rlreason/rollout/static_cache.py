@@ -112,6 +112,13 @@ def _unit_rms(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     return x * torch.addcmul(eps, n, n, value=1.0 / x.size(-1)).rsqrt_()
 
 
+def _fused_mlp(f: dict, h: torch.Tensor) -> torch.Tensor:
+    """A fused layer's MLP block with its residual: h + down(silu(gate) * up) of the normed h."""
+    gu = f["gate_up"](_unit_rms(h, f["eps_post"]))
+    n = f["inter"]
+    return f["down"](F.silu(gu[:, :n]) * gu[:, n:], residual=h)
+
+
 class FusedLayers:
     """A model's decoder layers rearranged for decoding with few kernels; built from the
     current weights at the start of every rollout (weights change every step).
@@ -211,9 +218,7 @@ class FusedLayers:
             o = dec.attend_layer(i, qk[:, :, :nq].transpose(1, 2), qk[:, :, nq:].transpose(1, 2), v,
                                  c0, c1, mask, bias, f["scaling"])
             h = f["o"](o.transpose(1, 2).reshape(B * L, -1), residual=h)
-            gu = f["gate_up"](_unit_rms(h, f["eps_post"]))
-            n = f["inter"]
-            h = f["down"](F.silu(gu[:, :n]) * gu[:, n:], residual=h)
+            h = _fused_mlp(f, h)
         last = h.view(B, L, hid)[:, -1]
         return self.lm_head(_unit_rms(last, self.eps_final))
 
@@ -237,9 +242,7 @@ class FusedLayers:
                                    K[:, :, :c1].flatten(0, 1).transpose(1, 2), alpha=f["scaling"])
             o = torch.bmm(torch.softmax(scores, dim=-1), V[:, :, :c1].flatten(0, 1))  # [B nq, 1, D]
             h = f["o"](o.view(B, nq * D), residual=h)
-            gu = f["gate_up"](_unit_rms(h, f["eps_post"]))
-            n = f["inter"]
-            h = f["down"](F.silu(gu[:, :n]) * gu[:, n:], residual=h)
+            h = _fused_mlp(f, h)
         return self.lm_head(_unit_rms(h, self.eps_final))
 
 
@@ -261,9 +264,8 @@ class StaticCacheDecoder:
         self.head_dim = first.head_dim
         self.heads = base.config.num_attention_heads
         p = next(base.parameters())
-        kv = base.config.num_key_value_heads
         spec = self.kv_spec(model, batch, max_len, rows_hint)
-        max_len = spec[1][2]
+        kv, max_len = spec[1][1], spec[1][2]
         if buffers is None or not buffers.fits(*spec):
             buffers = KVBuffers(*spec)
         # every column a step reads was written before by this rollout, so no zeroing
